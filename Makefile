@@ -1,0 +1,44 @@
+# Capstan. `make demo` brings a cluster up; `make test` runs every test.
+GO       ?= go
+BIN      := bin
+CAPSTAN  := $(BIN)/capstan
+GOFLAGS  ?=
+export GOFLAGS
+
+.PHONY: all build test test-unit test-external-etcd generate generate-check lint demo bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(CAPSTAN) ./cmd/capstan
+
+# Everything: lint, unit and integration tests (embedded etcd), then the
+# API suite again against a separately started etcd process.
+test: lint test-unit test-external-etcd
+
+test-unit:
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-external-etcd:
+	./scripts/test-external-etcd.sh
+
+generate:
+	$(GO) generate ./...
+
+# CI regenerates the committed BPF objects and fails on any difference.
+generate-check: generate
+	git diff --exit-code -- bpf dataplane
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^vendor/')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: build
+	./scripts/demo.sh
+
+bench: build
+	$(CAPSTAN) bench api
+
+clean:
+	rm -rf $(BIN) bench-results

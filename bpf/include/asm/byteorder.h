@@ -1,0 +1,4 @@
+/* bpf2go builds for bpfel only. */
+#pragma once
+
+#include <linux/byteorder/little_endian.h>

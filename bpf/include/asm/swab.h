@@ -1,0 +1,2 @@
+/* No architecture byte-swap instructions: linux/swab.h falls back to plain C. */
+#pragma once

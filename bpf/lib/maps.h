@@ -1,0 +1,226 @@
+/* Map and value layouts shared by all programs. dataplane/ebpf mirrors these through bpf2go's
+ * generated types; change both together. Every map is pinned by name, so the three objects
+ * (sock, tc_pod, tc_node) loaded with one pin directory share one set of maps. The max_entries
+ * below are placeholders: Go sets the real sizes on the CollectionSpec. */
+#pragma once
+
+#include "common.h"
+
+enum lb_algo {
+	LB_RANDOM = 0,
+	LB_ROUND_ROBIN = 1,
+	LB_LEAST_CONN = 2,
+	LB_MAGLEV = 3,
+};
+
+enum svc_flags {
+	/* externalTrafficPolicy Local: keep the client address, slots hold local backends only. */
+	SVC_F_LOCAL = 1 << 0,
+	/* sessionAffinity ClientIP; the timeout is svc_val.affinity_timeout seconds. */
+	SVC_F_AFFINITY = 1 << 1,
+};
+
+enum backend_flags {
+	/* Terminating: existing connections keep it, new ones never pick it. */
+	BE_F_TERMINATING = 1 << 0,
+};
+
+/* A service frontend. NodePorts use addr 0 and match any address in node_addrs. */
+struct svc_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_val {
+	__u32 id;
+	/* Slots [0, count) are selectable; [count, members) hold terminating backends so the
+	 * service still owns them (Go rebuilds its references from this after a restart). */
+	__u16 count;
+	__u16 members;
+	__u8 algo;
+	__u8 flags;
+	__u16 pad;
+	__u32 affinity_timeout;
+};
+
+struct slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+struct backend {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;
+};
+
+/* Conntrack. A translated flow has two entries: DIR_FWD keyed by the tuple as the client sent
+ * it, DIR_REPLY keyed by the tuple the backend answers with. */
+enum ct_dir {
+	CT_DIR_FWD = 0,
+	CT_DIR_REPLY = 1,
+};
+
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+enum ct_flags {
+	CT_F_REWRITE_SRC = 1 << 0, /* write src_addr:src_port as the source */
+	CT_F_REWRITE_DST = 1 << 1, /* write dst_addr:dst_port as the destination */
+	CT_F_COUNTED = 1 << 2,     /* holds one least-conn reference on backend_id */
+	CT_F_CLOSING = 1 << 3,     /* FIN or RST seen */
+};
+
+struct ct_entry {
+	/* Fires at expiry so a dead flow gives back its least-conn count without a userspace
+	 * sweep. Only DIR_FWD entries arm it; it also removes the DIR_REPLY twin. */
+	struct bpf_timer timer;
+	__u64 expires;
+	__be32 src_addr;
+	__be32 dst_addr;
+	__be16 src_port;
+	__be16 dst_port;
+	__u32 flags;
+	__u32 backend_id;
+	__u32 svc_id;
+};
+
+struct affinity_key {
+	__u32 svc_id;
+	__u32 pad;
+	__u64 client;
+};
+
+struct affinity_val {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_used;
+};
+
+struct sock_revnat_key {
+	__u64 cookie;
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+struct sock_revnat_val {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct svc_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct slot_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} svc_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+/* Active connections per backend ID, for least-conn. An array: IDs are small and dense. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_conns SEC(".maps");
+
+/* Next round-robin position per service ID. Shared by all CPUs (atomic add) so the rotation
+ * is exact, not per-CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rr_state SEC(".maps");
+
+/* One Maglev table per source-hash service. Element 0 holds the table size M, elements
+ * 1..M the backend IDs; keeping M inside the table lets Go swap a whole table atomically. */
+struct maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_inner);
+} maglev_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 524288);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} affinity4 SEC(".maps");
+
+/* Addresses of this node: a NodePort (svc_key.addr 0) matches only these destinations. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} node_addrs SEC(".maps");
+
+/* Socket LB: backend address seen by a socket -> the service address the application used. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 524288);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct sock_revnat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_revnat4 SEC(".maps");
+
+/* Socket LB least-conn: socket cookie -> backend ID it counts against. A plain hash, not LRU,
+ * because an eviction would leak a count. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 524288);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_backend SEC(".maps");

@@ -1,0 +1,86 @@
+/* The per-packet service path: conntrack hit or backend selection, DNAT (and SNAT at node
+ * devices), rejection when a service has no endpoints. */
+#pragma once
+
+#include "nat.h"
+#include "reject.h"
+
+/* ct_usable tells whether an existing flow may keep its backend: the backend must still exist
+ * at the same address (terminating is fine), and a fresh SYN after a close starts over. */
+static __always_inline bool ct_usable(const struct ct_entry *e, const struct tuple *t)
+{
+	struct backend *be = bpf_map_lookup_elem(&backends, &e->backend_id);
+
+	if (!be || be->addr != e->dst_addr || be->port != e->dst_port)
+		return false;
+	if ((e->flags & CT_F_CLOSING) &&
+	    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return false;
+	return true;
+}
+
+/* svc_forward handles a packet travelling from a client. from_node marks a node device: there
+ * NodePort traffic is SNATed to the node (unless the service is externalTrafficPolicy Local)
+ * and translated packets are forwarded by FIB lookup. */
+static __always_inline int svc_forward(struct __sk_buff *skb, struct tuple *t, bool from_node)
+{
+	struct ct_key k = {
+		.saddr = t->saddr,
+		.daddr = t->daddr,
+		.sport = t->sport,
+		.dport = t->dport,
+		.proto = t->proto,
+		.dir = CT_DIR_FWD,
+	};
+	struct ct_entry val = {}, *e;
+	struct backend *be = NULL;
+	struct svc_val *s;
+	bool nodeport;
+	__u32 id;
+
+	e = ct_lookup(&k);
+	if (e && !ct_usable(e, t)) {
+		ct_delete(&k, e);
+		e = NULL;
+	}
+	if (e) {
+		ct_touch(e, t->proto, t->tcp_flags);
+		goto xlate;
+	}
+
+	s = svc_lookup(t->daddr, t->dport, t->proto, &nodeport);
+	if (!s)
+		return TC_ACT_OK;
+	id = lb_select(s, bpf_ntohl(t->saddr), &be);
+	if (!id || !be)
+		return reject(skb, t);
+
+	val.dst_addr = be->addr;
+	val.dst_port = be->port;
+	val.backend_id = id;
+	val.svc_id = s->id;
+	val.flags = CT_F_REWRITE_DST;
+	if (from_node && !(s->flags & SVC_F_LOCAL)) {
+		/* Replies must come back through this node to be reverse-translated. */
+		val.src_addr = nodeport ? t->daddr : snat_fallback_addr;
+		if (val.src_addr) {
+			val.flags |= CT_F_REWRITE_SRC;
+			if (snat_alloc(&k, &val) < 0)
+				return TC_ACT_SHOT;
+		}
+	}
+	if (s->algo == LB_LEAST_CONN)
+		val.flags |= CT_F_COUNTED;
+	e = ct_create(&k, &val);
+	if (!e)
+		return TC_ACT_SHOT;
+	if (val.flags & CT_F_COUNTED)
+		conn_inc(id);
+	/* A lone RST or FIN opening a flow still closes it. */
+	ct_touch(e, t->proto, t->tcp_flags);
+
+xlate:
+	if (nat_apply(skb, t, e) < 0)
+		return TC_ACT_SHOT;
+	return from_node ? fib_redirect(skb, t) : TC_ACT_OK;
+}

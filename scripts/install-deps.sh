@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Capstan's build, tests and demo need.
+# Safe to run repeatedly; it only installs what is missing.
+set -euo pipefail
+
+packages=(
+  etcd-server      # external-etcd variant of the API integration tests
+  clang llvm libbpf-dev bpftool linux-libc-dev  # BPF programs (make generate)
+  iproute2 iptables
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian starts etcd as a service on install; our tests start their own.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+fi
+command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/dl)" >&2; exit 1; }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -23,6 +24,9 @@ type Store struct {
 	client *clientv3.Client
 	codec  runtime.Codec
 	log    *slog.Logger
+
+	hubMu sync.Mutex
+	hubs  map[string]*hub
 }
 
 // New returns a Store that encodes objects with codec (JSON for the

@@ -146,6 +146,10 @@ func (w *watcher) run(ctx context.Context, prefix string, rev int64, initial []r
 			return
 		}
 	}
+	if sub := w.store.subscribe(prefix, rev, w.opts, w.newObj); sub != nil {
+		w.forward(ctx, sub)
+		return
+	}
 	// Start at rev, not rev+1, and drop what is not newer: etcd sends no
 	// progress notifications to a watch that starts in the future.
 	wch := w.store.client.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev),
@@ -248,4 +252,19 @@ func (w *watcher) translate(ev *clientv3.Event) (watch.Event, bool, error) {
 		return watch.Event{Type: watch.Deleted, Object: cur}, true, nil
 	}
 	return watch.Event{}, false, nil
+}
+
+// forward relays a shared-watch subscription until it or ctx ends.
+func (w *watcher) forward(ctx context.Context, sub *hubSub) {
+	defer sub.hub.remove(sub)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-sub.ch:
+			if !ok || !w.send(ctx, ev) {
+				return
+			}
+		}
+	}
 }

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/pprof"
+
+	"github.com/spf13/cobra"
+
+	"github.com/capstan-net/capstan/test/bench/apibench"
+)
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Run benchmarks that print figures",
+	}
+	api := &cobra.Command{
+		Use:   "api",
+		Short: "Pod creates/s and watch delivery latency against a fresh local server",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			log, err := newLogger(v.GetString("log-level"))
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			if path := v.GetString("cpuprofile"); path != "" {
+				f, err := os.Create(path)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			ct := "application/json"
+			if v.GetBool("protobuf") {
+				ct = "application/vnd.kubernetes.protobuf"
+			}
+			res, err := apibench.Run(ctx, apibench.Config{
+				Pods: v.GetInt("pods"), Watchers: v.GetInt("watchers"), Workers: v.GetInt("workers"),
+				DataDir: v.GetString("data-dir"), ContentType: ct,
+			}, log)
+			if err != nil {
+				return fmt.Errorf("bench api: %w", err)
+			}
+			res.Print(os.Stdout)
+			return nil
+		},
+	}
+	f := api.Flags()
+	f.Int("pods", 10000, "pods to create")
+	f.Int("watchers", 10, "concurrent pod watchers")
+	f.Int("workers", 64, "concurrent creating clients")
+	f.String("data-dir", "", "server data dir (default: a temporary directory)")
+	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
+	f.Bool("protobuf", false, "use protobuf instead of JSON on the wire")
+	cmd.AddCommand(api)
+	return cmd
+}

@@ -27,7 +27,9 @@ import (
 
 // newStore connects to CAPSTAN_TEST_ETCD if set (under a private prefix),
 // else starts an embedded etcd in a temp dir.
-func newStore(t *testing.T) *storage.Store {
+func newStore(t *testing.T) *storage.Store { return newStoreB(t) }
+
+func newStoreB(t testing.TB) *storage.Store {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg := etcd.Config{DataDir: t.TempDir(), ProgressNotifyInterval: 200 * time.Millisecond}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
 
@@ -87,6 +90,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Writers use several connections, as many clients of a real server
+	// would; one HTTP/2 connection serialises its frames.
+	const conns = 8
+	writers := make([]kubernetes.Interface, conns)
+	for i := range writers {
+		c := rest.CopyConfig(rc)
+		c.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil } // uncached transport
+		if writers[i], err = kubernetes.NewForConfig(c); err != nil {
+			return nil, err
+		}
+	}
 	// The namespace controller bootstraps "default" just after start.
 	for i := 0; ; i++ {
 		if _, err := client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err == nil {
@@ -146,6 +160,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	start := time.Now()
 	for i := 0; i < cfg.Workers; i++ {
 		cwg.Add(1)
+		client := writers[i%conns]
 		go func() {
 			defer cwg.Done()
 			for {

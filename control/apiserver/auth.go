@@ -232,4 +232,3 @@ func (a *Authenticator) serveJoin(s *Server, w http.ResponseWriter, r *http.Requ
 	}
 	writeJSON(w, http.StatusOK, JoinResponse{Certificate: string(cert), CA: string(a.CA.CertPEM)})
 }
-

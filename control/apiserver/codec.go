@@ -97,8 +97,11 @@ func decodeBody(r *http.Request, data []byte, gvk schema.GroupVersionKind, into 
 	if err != nil {
 		return nil, nil, badRequest("the body of the request was in an unknown format - accepted media types include: %s: %v", strings.Join(mediaTypes(), ", "), err)
 	}
-	if actual != nil && *actual != gvk {
+	if actual != nil && actual.GroupVersion() != gvk.GroupVersion() {
 		return nil, nil, badRequest("the API version in the data (%s) does not match the expected API version (%s)", actual.GroupVersion(), gvk.GroupVersion())
+	}
+	if actual != nil && actual.Kind != gvk.Kind {
+		return nil, nil, badRequest("the kind in the data (%s) does not match the expected kind (%s)", actual.Kind, gvk.Kind)
 	}
 	legacyscheme.Scheme.Default(obj)
 	return obj, warnings, nil
@@ -114,11 +117,7 @@ func mediaTypes() []string {
 
 // encodeTo writes obj in the negotiated serialization, versioned as gv.
 func encodeTo(w io.Writer, info runtime.SerializerInfo, obj runtime.Object, gv schema.GroupVersion) error {
-	enc := codecs.EncoderForVersion(info.Serializer, gv)
-	if info.PrettySerializer != nil && false {
-		enc = codecs.EncoderForVersion(info.PrettySerializer, gv)
-	}
-	return enc.Encode(obj, w)
+	return codecs.EncoderForVersion(info.Serializer, gv).Encode(obj, w)
 }
 
 // objectGV returns the group version of a versioned or meta object.

@@ -12,6 +12,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metainternalversionscheme "k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -23,7 +24,7 @@ import (
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	"k8s.io/apiserver/pkg/warning"
-		"k8s.io/kubernetes/pkg/api/legacyscheme"
+	"k8s.io/kubernetes/pkg/api/legacyscheme"
 
 	"github.com/capstan-net/capstan/control/storage"
 )
@@ -99,7 +100,14 @@ func (s *Server) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Re
 		code = http.StatusOK
 		err  error
 	)
+	if ri.res.Name == "namespaces" && ri.verb != "get" && ri.verb != "list" && ri.verb != "watch" {
+		defer s.forgetNamespace(ri.name)
+	}
 	switch {
+	case ri.sub != "" && !hasString(subresourceKinds[ri.sub].verbs, ri.verb):
+		// Otherwise a GET of pods/x/binding would read the pod and a PUT
+		// would write it past the subresource's meaning.
+		err = statusFor(http.StatusMethodNotAllowed, metav1.StatusReasonMethodNotAllowed, ri.verb+" is not supported on "+ri.res.Name+"/"+ri.sub)
 	case ri.sub == "log" || ri.sub == "exec" || ri.sub == "attach" || ri.sub == "portforward":
 		err = s.podStream(ctx, w, r, ri)
 		if err == nil {
@@ -331,6 +339,15 @@ func (s *Server) checkNamespace(ctx context.Context, ns string) error {
 	if ns == "" {
 		return nil
 	}
+	// An active namespace seen in the last second is trusted, as upstream's
+	// lifecycle admission trusts its informer; writes to a namespace through
+	// this server forget it at once.
+	s.nsMu.Lock()
+	seen, ok := s.nsActive[ns]
+	s.nsMu.Unlock()
+	if ok && time.Since(seen) < time.Second {
+		return nil
+	}
 	nsRes, _ := s.reg.Lookup(registryCoreV1, "namespaces")
 	obj := nsRes.NewStored()
 	if err := s.store.Get(ctx, nsRes.Key("", ns), obj); err != nil {
@@ -343,7 +360,21 @@ func (s *Server) checkNamespace(ctx context.Context, ns string) error {
 		return apierrors.NewForbidden(nsRes.GroupResource(), ns,
 			fmt.Errorf("unable to create new content in namespace %s because it is being terminated", ns))
 	}
+	s.nsMu.Lock()
+	s.nsActive[ns] = time.Now()
+	s.nsMu.Unlock()
 	return nil
+}
+
+// forgetNamespace drops a namespace ("" for all) from the lifecycle cache.
+func (s *Server) forgetNamespace(ns string) {
+	s.nsMu.Lock()
+	if ns == "" {
+		clear(s.nsActive)
+	} else {
+		delete(s.nsActive, ns)
+	}
+	s.nsMu.Unlock()
 }
 
 func dryRun(r *http.Request) (bool, error) {
@@ -481,6 +512,7 @@ func (s *Server) doUpdate(ctx context.Context, r *http.Request, ri reqInfo, opts
 		return nil, err
 	}
 	var undo func()
+	var lastOld runtime.Object // the version the stored update replaced
 	out, err := s.store.GuaranteedUpdate(ctx, res.Key(ri.namespace, ri.name), res.NewStored, nil, func(existing runtime.Object) (runtime.Object, error) {
 		if undo != nil {
 			undo()
@@ -490,6 +522,7 @@ func (s *Server) doUpdate(ctx context.Context, r *http.Request, ri reqInfo, opts
 		if err != nil {
 			return nil, err
 		}
+		lastOld = old
 		in, err := transform(ctx, old.DeepCopyObject())
 		if err != nil {
 			return nil, err
@@ -546,6 +579,11 @@ func (s *Server) doUpdate(ctx context.Context, r *http.Request, ri reqInfo, opts
 		}
 		return nil, err
 	}
+	if s.cfg.Hooks != nil && ri.sub == "" {
+		if in, err := res.ToInternal(out); err == nil {
+			s.cfg.Hooks.AfterUpdate(ctx, res, in, lastOld)
+		}
+	}
 	if done, err := s.finishDeletion(ctx, ri, out); err != nil || done != nil {
 		if err != nil {
 			return nil, err
@@ -591,10 +629,24 @@ func deleteOptions(r *http.Request) (*metav1.DeleteOptions, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > 0 {
-		if err := json.Unmarshal(data, opts); err != nil {
+	if len(bytes.TrimSpace(data)) > 0 {
+		// client-go sends DeleteOptions in its content type (protobuf by
+		// default) and as any group's DeleteOptions; the meta scheme knows
+		// them all, as upstream decodes them.
+		info, err := negotiation.NegotiateInputSerializer(r, false, metainternalversionscheme.Codecs)
+		if err != nil {
+			return nil, err
+		}
+		gvk := metav1.SchemeGroupVersion.WithKind("DeleteOptions")
+		obj, _, err := info.Serializer.Decode(data, &gvk, opts)
+		if err != nil {
 			return nil, badRequest("invalid DeleteOptions: %v", err)
 		}
+		decoded, ok := obj.(*metav1.DeleteOptions)
+		if !ok {
+			return nil, badRequest("the body is a %T, not DeleteOptions", obj)
+		}
+		opts = decoded
 	}
 	q := r.URL.Query()
 	if v := q.Get("gracePeriodSeconds"); v != "" {
@@ -825,26 +877,20 @@ func (s *Server) serveWatch(ctx context.Context, w http.ResponseWriter, r *http.
 	if ri.name != "" {
 		pred.Field = fields.AndSelectors(pred.Field, fields.OneTermEqualSelector("metadata.name", ri.name))
 	}
-	rv, match, _, err := listParams(r)
+	rv, match, initial, err := watchParams(r)
 	if err != nil {
 		return err
 	}
 	opts := storage.WatchOptions{
-		ResourceVersion:  rv,
-		Match:            match,
-		AllowBookmarks:   q.Get("allowWatchBookmarks") == "true",
-		Predicate:        pred,
-		BookmarkInterval: s.cfg.BookmarkInterval,
+		ResourceVersion:   rv,
+		Match:             match,
+		SendInitialEvents: initial,
+		AllowBookmarks:    q.Get("allowWatchBookmarks") == "true",
+		Predicate:         pred,
+		BookmarkInterval:  s.cfg.BookmarkInterval,
 	}
-	if v := q.Get("sendInitialEvents"); v != "" {
-		b := v == "true"
-		opts.SendInitialEvents = &b
-		if b && !opts.AllowBookmarks {
-			return apierrors.NewInvalid(metaKind("ListOptions"), "", field.ErrorList{field.Forbidden(field.NewPath("allowWatchBookmarks"), "allowWatchBookmarks must be set to true when sendInitialEvents is true")})
-		}
-		if b && match != metav1.ResourceVersionMatchNotOlderThan {
-			return apierrors.NewInvalid(metaKind("ListOptions"), "", field.ErrorList{field.Forbidden(field.NewPath("resourceVersionMatch"), "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")})
-		}
+	if initial != nil && *initial && !opts.AllowBookmarks {
+		return apierrors.NewInvalid(metaKind("ListOptions"), "", field.ErrorList{field.Forbidden(field.NewPath("allowWatchBookmarks"), "allowWatchBookmarks must be set to true when sendInitialEvents is true")})
 	}
 	timeout := 30 * time.Minute
 	if v := q.Get("timeoutSeconds"); v != "" {
@@ -918,6 +964,42 @@ func (s *Server) serveWatch(ctx context.Context, w http.ResponseWriter, r *http.
 			}
 		}
 	}
+}
+
+// watchParams validates a watch's version parameters as upstream does:
+// resourceVersionMatch only goes with sendInitialEvents, and a streaming
+// list needs no resourceVersion (it starts from the present).
+func watchParams(r *http.Request) (string, metav1.ResourceVersionMatch, *bool, error) {
+	q := r.URL.Query()
+	rv := q.Get("resourceVersion")
+	if _, err := storage.ParseResourceVersion(rv); err != nil {
+		return "", "", nil, badRequest("invalid resourceVersion %q", rv)
+	}
+	var initial *bool
+	if v := q.Get("sendInitialEvents"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return "", "", nil, badRequest("sendInitialEvents must be true or false, not %q", v)
+		}
+		initial = &b
+	}
+	match := metav1.ResourceVersionMatch(q.Get("resourceVersionMatch"))
+	var errs field.ErrorList
+	if initial != nil && match != metav1.ResourceVersionMatchNotOlderThan {
+		errs = append(errs, field.Forbidden(field.NewPath("resourceVersionMatch"), "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"))
+	}
+	if match != "" {
+		if initial == nil {
+			errs = append(errs, field.Forbidden(field.NewPath("resourceVersionMatch"), "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"))
+		}
+		if match != metav1.ResourceVersionMatchNotOlderThan {
+			errs = append(errs, field.NotSupported(field.NewPath("resourceVersionMatch"), match, []string{string(metav1.ResourceVersionMatchNotOlderThan)}))
+		}
+	}
+	if len(errs) > 0 {
+		return "", "", nil, apierrors.NewInvalid(metaKind("ListOptions"), "", errs)
+	}
+	return rv, match, initial, nil
 }
 
 var registryCoreV1 = k8sschema.GroupVersion{Version: "v1"}

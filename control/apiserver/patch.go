@@ -13,7 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-		"k8s.io/apimachinery/pkg/util/strategicpatch"
+	"k8s.io/apimachinery/pkg/util/managedfields"
+	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"k8s.io/kubernetes/pkg/api/legacyscheme"
 	"sigs.k8s.io/yaml"
 
@@ -112,8 +113,11 @@ func (s *Server) apply(ctx context.Context, r *http.Request, ri reqInfo, patch [
 	if err := yaml.Unmarshal(patch, &cfg.Object); err != nil {
 		return nil, false, badRequest("error decoding YAML: %v", err)
 	}
-	if cfg.GetAPIVersion() != res.GroupVersion.String() || (ri.sub != "scale" && cfg.GetKind() != res.Kind) {
+	if cfg.GetAPIVersion() != res.GroupVersion.String() {
 		return nil, false, badRequest("the API version in the data (%s) does not match the expected API version (%s)", cfg.GetAPIVersion(), res.GroupVersion)
+	}
+	if ri.sub != "scale" && cfg.GetKind() != res.Kind {
+		return nil, false, badRequest("the kind in the data (%s) does not match the expected kind (%s)", cfg.GetKind(), res.Kind)
 	}
 	if cfg.GetName() != ri.name {
 		return nil, false, badRequest("the name of the object (%s) does not match the name on the URL (%s)", cfg.GetName(), ri.name)
@@ -125,7 +129,7 @@ func (s *Server) apply(ctx context.Context, r *http.Request, ri reqInfo, patch [
 	}
 	manager := managerName(r)
 	out, err := s.doUpdate(ctx, r, ri, updateOpts{managed: true}, func(ctx context.Context, old runtime.Object) (runtime.Object, error) {
-		obj, err := fm.Apply(old, cfg.DeepCopy(), manager, force)
+		obj, err := applyConfig(fm, old, cfg, manager, force)
 		if err != nil {
 			return nil, err
 		}
@@ -140,7 +144,7 @@ func (s *Server) apply(ctx context.Context, r *http.Request, ri reqInfo, patch [
 		lm := accessor(live)
 		lm.SetName(ri.name)
 		lm.SetNamespace(ri.namespace)
-		obj, err := fm.Apply(live, cfg.DeepCopy(), manager, force)
+		obj, err := applyConfig(fm, live, cfg, manager, force)
 		if err != nil {
 			return nil, false, err
 		}
@@ -151,6 +155,21 @@ func (s *Server) apply(ctx context.Context, r *http.Request, ri reqInfo, patch [
 		return created, err == nil, err
 	}
 	return out, false, err
+}
+
+// applyConfig merges an apply configuration into live. Conflicts come
+// back as 409s; any other failure is the configuration not fitting the
+// schema (a field of the wrong type), which is the client's error.
+func applyConfig(fm *managedfields.FieldManager, live runtime.Object, cfg *unstructured.Unstructured, manager string, force bool) (runtime.Object, error) {
+	obj, err := fm.Apply(live, cfg.DeepCopy(), manager, force)
+	if err != nil {
+		var st apierrors.APIStatus
+		if errors.As(err, &st) {
+			return nil, err
+		}
+		return nil, badRequest("%v", err)
+	}
+	return obj, nil
 }
 
 // withDefaults applies upstream defaults to an internal object by a round

@@ -32,6 +32,8 @@ type Hooks interface {
 	BeforeCreate(ctx context.Context, res *registry.Resource, obj runtime.Object) (undo func(), err error)
 	// BeforeUpdate runs before validation of an update.
 	BeforeUpdate(ctx context.Context, res *registry.Resource, obj, old runtime.Object) (undo func(), err error)
+	// AfterUpdate runs once an update is stored (never for a dry run).
+	AfterUpdate(ctx context.Context, res *registry.Resource, obj, old runtime.Object)
 	// AfterDelete runs once an object is gone from storage.
 	AfterDelete(ctx context.Context, res *registry.Resource, obj runtime.Object)
 }
@@ -67,6 +69,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	managers map[string]*managedfields.FieldManager
+
+	nsMu     sync.Mutex
+	nsActive map[string]time.Time // namespace -> when last seen active
 }
 
 // New builds the server; building OpenAPI models takes a moment.
@@ -90,6 +95,7 @@ func New(cfg Config) (*Server, error) {
 		mux:      http.NewServeMux(),
 		tables:   newTableConvertor(),
 		managers: map[string]*managedfields.FieldManager{},
+		nsActive: map[string]time.Time{},
 	}
 	if err := oa.register(s.mux); err != nil {
 		return nil, err
@@ -197,12 +203,15 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 
 // writeObject negotiates the response type and writes obj.
 func (s *Server) writeObject(w http.ResponseWriter, r *http.Request, code int, obj runtime.Object) {
-	_, info, err := negotiation.NegotiateOutputMediaType(r, codecs, restrictions{})
+	opts, info, err := negotiation.NegotiateOutputMediaType(r, codecs, restrictions{})
 	if err != nil {
 		info = jsonInfo()
 		code = http.StatusNotAcceptable
 		st := toStatusError(err, nil, "").Status()
 		obj = &st
+	}
+	if opts.Pretty && info.PrettySerializer != nil {
+		info.Serializer = info.PrettySerializer
 	}
 	w.Header().Set("Content-Type", info.MediaType)
 	w.WriteHeader(code)

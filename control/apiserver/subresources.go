@@ -112,6 +112,9 @@ func (s *Server) updateScale(ctx context.Context, r *http.Request, ri reqInfo) (
 			return nil, err
 		}
 		sc := decoded.(*autoscalingv1.Scale)
+		if sc.Name != ri.name {
+			return nil, badRequest("the name of the object (%s) does not match the name on the URL (%s)", sc.Name, ri.name)
+		}
 		if sc.Spec.Replicas < 0 {
 			return nil, apierrors.NewInvalid(k8sschema.GroupKind{Group: "autoscaling", Kind: "Scale"}, ri.name,
 				field.ErrorList{field.Invalid(field.NewPath("spec", "replicas"), sc.Spec.Replicas, "must be greater than or equal to 0")})
@@ -280,6 +283,9 @@ func (s *Server) markNamespaceTerminating(ctx context.Context, ri reqInfo, in ru
 // finalizeNamespace is PUT namespaces/<name>/finalize.
 func (s *Server) finalizeNamespace(ctx context.Context, r *http.Request, ri reqInfo, in runtime.Object) (runtime.Object, bool, error) {
 	nsIn := in.(*api.Namespace)
+	if nsIn.Name != ri.name {
+		return nil, false, badRequest("the name of the object (%s) does not match the name on the URL (%s)", nsIn.Name, ri.name)
+	}
 	out, err := s.doUpdate(ctx, r, ri, updateOpts{}, func(ctx context.Context, old runtime.Object) (runtime.Object, error) {
 		o := old.(*api.Namespace)
 		o.Spec.Finalizers = nsIn.Spec.Finalizers

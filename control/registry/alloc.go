@@ -84,24 +84,26 @@ func indexIP(base, i uint32) net.IP {
 // CIDR is the service range.
 func (a *Allocator) CIDR() *net.IPNet { return a.cidr }
 
-// claim creates key for owner; false if someone holds it.
-func (a *Allocator) claim(ctx context.Context, key, owner string) (bool, error) {
+// claim creates key for owner. held is false if someone else holds it;
+// fresh is true only if this call took it: a value owner already held
+// (a retried request, or a create refused because the object exists) must
+// not be released when the request fails.
+func (a *Allocator) claim(ctx context.Context, key, owner string) (held, fresh bool, err error) {
 	resp, err := a.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, owner)).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if resp.Succeeded {
-		return true, nil
+		return true, true, nil
 	}
-	// Re-claiming our own value (a retried request) is fine.
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) == owner {
-		return true, nil
+		return true, false, nil
 	}
-	return false, nil
+	return false, false, nil
 }
 
 func (a *Allocator) release(ctx context.Context, key string) {
@@ -115,22 +117,29 @@ func randUint(n uint32) uint32 {
 
 // AllocateIP claims ip (or any free address if ip is nil) for owner.
 func (a *Allocator) AllocateIP(ctx context.Context, ip net.IP, owner string) (net.IP, error) {
+	got, _, err := a.allocateIP(ctx, ip, owner)
+	return got, err
+}
+
+// allocateIP is AllocateIP that also reports whether the address was
+// newly taken (see claim).
+func (a *Allocator) allocateIP(ctx context.Context, ip net.IP, owner string) (net.IP, bool, error) {
 	if ip != nil {
 		if !a.cidr.Contains(ip) || ip.To4() == nil {
-			return nil, fmt.Errorf("the provided IP (%s) is not in the valid range. The range of valid IPs is %s", ip, a.cidr)
+			return nil, false, fmt.Errorf("the provided IP (%s) is not in the valid range. The range of valid IPs is %s", ip, a.cidr)
 		}
 		idx := binary.BigEndian.Uint32(ip.To4()) - a.base
 		if idx == 0 || idx > a.size {
-			return nil, fmt.Errorf("the provided IP (%s) is not in the valid range. The range of valid IPs is %s", ip, a.cidr)
+			return nil, false, fmt.Errorf("the provided IP (%s) is not in the valid range. The range of valid IPs is %s", ip, a.cidr)
 		}
-		ok, err := a.claim(ctx, ipPrefix+ip.String(), owner)
+		ok, fresh, err := a.claim(ctx, ipPrefix+ip.String(), owner)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if !ok {
-			return nil, fmt.Errorf("provided IP is already allocated")
+			return nil, false, fmt.Errorf("provided IP is already allocated")
 		}
-		return ip, nil
+		return ip, fresh, nil
 	}
 	// Random probing spreads concurrent allocations; a full scan follows.
 	start := randUint(a.size)
@@ -140,25 +149,25 @@ func (a *Allocator) AllocateIP(ctx context.Context, ip net.IP, owner string) (ne
 			continue // .1 is the kubernetes Service's, as upstream
 		}
 		cand := indexIP(a.base, idx)
-		ok, err := a.claim(ctx, ipPrefix+cand.String(), owner)
+		ok, fresh, err := a.claim(ctx, ipPrefix+cand.String(), owner)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if ok {
-			return cand, nil
+			return cand, fresh, nil
 		}
 		if i > 64 {
 			// Skip ahead past held addresses by reading them in one go.
 			return a.scanIP(ctx, owner)
 		}
 	}
-	return nil, errors.New("range is full")
+	return nil, false, errors.New("range is full")
 }
 
-func (a *Allocator) scanIP(ctx context.Context, owner string) (net.IP, error) {
+func (a *Allocator) scanIP(ctx context.Context, owner string) (net.IP, bool, error) {
 	resp, err := a.client.Get(ctx, ipPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	held := map[string]bool{}
 	for _, kv := range resp.Kvs {
@@ -169,45 +178,52 @@ func (a *Allocator) scanIP(ctx context.Context, owner string) (net.IP, error) {
 		if held[cand.String()] {
 			continue
 		}
-		ok, err := a.claim(ctx, ipPrefix+cand.String(), owner)
+		ok, fresh, err := a.claim(ctx, ipPrefix+cand.String(), owner)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if ok {
-			return cand, nil
+			return cand, fresh, nil
 		}
 	}
-	return nil, errors.New("range is full")
+	return nil, false, errors.New("range is full")
 }
 
 // AllocatePort claims port (or any free one if 0) for owner.
 func (a *Allocator) AllocatePort(ctx context.Context, port int, owner string) (int, error) {
+	got, _, err := a.allocatePort(ctx, port, owner)
+	return got, err
+}
+
+// allocatePort is AllocatePort that also reports whether the port was
+// newly taken (see claim).
+func (a *Allocator) allocatePort(ctx context.Context, port int, owner string) (int, bool, error) {
 	if port != 0 {
 		if port < a.portLo || port > a.portHi {
-			return 0, fmt.Errorf("provided port is not in the valid range. The range of valid ports is %d-%d", a.portLo, a.portHi)
+			return 0, false, fmt.Errorf("provided port is not in the valid range. The range of valid ports is %d-%d", a.portLo, a.portHi)
 		}
-		ok, err := a.claim(ctx, portPrefix+strconv.Itoa(port), owner)
+		ok, fresh, err := a.claim(ctx, portPrefix+strconv.Itoa(port), owner)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if !ok {
-			return 0, errors.New("provided port is already allocated")
+			return 0, false, errors.New("provided port is already allocated")
 		}
-		return port, nil
+		return port, fresh, nil
 	}
 	n := uint32(a.portHi - a.portLo + 1)
 	start := randUint(n)
 	for i := uint32(0); i < n; i++ {
 		p := a.portLo + int((start+i)%n)
-		ok, err := a.claim(ctx, portPrefix+strconv.Itoa(p), owner)
+		ok, fresh, err := a.claim(ctx, portPrefix+strconv.Itoa(p), owner)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if ok {
-			return p, nil
+			return p, fresh, nil
 		}
 	}
-	return 0, errors.New("range is full")
+	return 0, false, errors.New("range is full")
 }
 
 // ReleaseIP frees an address.
@@ -258,10 +274,10 @@ func (a *Allocator) BeforeCreate(ctx context.Context, res *Resource, obj runtime
 	return rollback, nil
 }
 
-// BeforeUpdate allocates what a Service's new type needs and frees what
-// its old type held. Frees happen only once the write succeeds, so a
-// failed update keeps the old allocations; we accept leaking a released
-// value on a crash in between.
+// BeforeUpdate allocates what a Service's new type needs. What its old
+// shape held is freed by AfterUpdate once the write succeeds, so a failed
+// or dry-run update keeps the old allocations; we accept leaking a value
+// on a crash in between.
 func (a *Allocator) BeforeUpdate(ctx context.Context, res *Resource, obj, old runtime.Object) (func(), error) {
 	svc, ok := obj.(*api.Service)
 	if !ok || res.Name != "services" {
@@ -278,7 +294,18 @@ func (a *Allocator) BeforeUpdate(ctx context.Context, res *Resource, obj, old ru
 		rollback()
 		return nil, err
 	}
-	// Free what the old shape held and the new one does not.
+	return rollback, nil
+}
+
+// AfterUpdate frees what a stored update's old shape held and the new one
+// does not.
+func (a *Allocator) AfterUpdate(ctx context.Context, res *Resource, obj, old runtime.Object) {
+	svc, ok := obj.(*api.Service)
+	if !ok || res.Name != "services" {
+		return
+	}
+	oldSvc := old.(*api.Service)
+	ctx = context.WithoutCancel(ctx)
 	newIPs := map[string]bool{}
 	for _, ip := range svc.Spec.ClusterIPs {
 		newIPs[ip] = true
@@ -294,7 +321,6 @@ func (a *Allocator) BeforeUpdate(ctx context.Context, res *Resource, obj, old ru
 			a.ReleasePort(ctx, p)
 		}
 	}
-	return rollback, nil
 }
 
 func servicePorts(svc *api.Service) map[int]bool {
@@ -325,11 +351,13 @@ func (a *Allocator) assign(ctx context.Context, svc, old *api.Service, undo *[]f
 				}
 			}
 			if len(errs) == 0 {
-				ip, err := a.AllocateIP(ctx, want, own)
+				ip, fresh, err := a.allocateIP(ctx, want, own)
 				if err != nil {
 					errs = append(errs, field.Invalid(field.NewPath("spec", "clusterIPs").Index(0), svc.Spec.ClusterIP, fmt.Sprintf("failed to allocate IP %s: %v", svc.Spec.ClusterIP, err)))
 				} else {
-					*undo = append(*undo, func() { a.ReleaseIP(context.WithoutCancel(ctx), ip.String()) })
+					if fresh {
+						*undo = append(*undo, func() { a.ReleaseIP(context.WithoutCancel(ctx), ip.String()) })
+					}
 					svc.Spec.ClusterIP = ip.String()
 				}
 			}
@@ -368,12 +396,14 @@ func (a *Allocator) assign(ctx context.Context, svc, old *api.Service, undo *[]f
 			if p.NodePort != 0 && sharesNodePort(svc, i) {
 				continue // TCP and UDP on one port number share the node port
 			}
-			got, err := a.AllocatePort(ctx, int(p.NodePort), own)
+			got, fresh, err := a.allocatePort(ctx, int(p.NodePort), own)
 			if err != nil {
 				errs = append(errs, field.Invalid(field.NewPath("spec", "ports").Index(i).Child("nodePort"), p.NodePort, err.Error()))
 				continue
 			}
-			*undo = append(*undo, func() { a.ReleasePort(context.WithoutCancel(ctx), got) })
+			if fresh {
+				*undo = append(*undo, func() { a.ReleasePort(context.WithoutCancel(ctx), got) })
+			}
 			p.NodePort = int32(got)
 			// A second protocol on the same port number reuses it.
 			for j := i + 1; j < len(svc.Spec.Ports); j++ {
@@ -391,11 +421,13 @@ func (a *Allocator) assign(ctx context.Context, svc, old *api.Service, undo *[]f
 	if needsHealthCheckPort(svc) {
 		hc := int(svc.Spec.HealthCheckNodePort)
 		if hc == 0 || !oldPorts[hc] {
-			got, err := a.AllocatePort(ctx, hc, own)
+			got, fresh, err := a.allocatePort(ctx, hc, own)
 			if err != nil {
 				errs = append(errs, field.Invalid(field.NewPath("spec", "healthCheckNodePort"), hc, err.Error()))
 			} else {
-				*undo = append(*undo, func() { a.ReleasePort(context.WithoutCancel(ctx), got) })
+				if fresh {
+					*undo = append(*undo, func() { a.ReleasePort(context.WithoutCancel(ctx), got) })
+				}
 				svc.Spec.HealthCheckNodePort = int32(got)
 			}
 		}

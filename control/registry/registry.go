@@ -172,8 +172,11 @@ func (r *Resource) NewInternal() runtime.Object {
 func (r *Resource) storageKind() string { return r.Kind }
 
 // ToInternal converts a stored or served object to the internal version.
+// The internal version is that of the object's own group: a core v1 Event
+// stored for events.k8s.io becomes a core internal Event, which is the same
+// type events.k8s.io's internal version uses.
 func (r *Resource) ToInternal(obj runtime.Object) (runtime.Object, error) {
-	out, err := legacyscheme.Scheme.ConvertToVersion(obj, r.InternalGV())
+	out, err := legacyscheme.Scheme.ConvertToVersion(obj, runtime.InternalGroupVersioner)
 	if err != nil {
 		return nil, fmt.Errorf("convert %s to internal: %w", r.Kind, err)
 	}
@@ -197,6 +200,15 @@ func (r *Resource) ToServed(obj runtime.Object) (runtime.Object, error) {
 				return obj, nil
 			}
 		}
+	}
+	if r.StorageVersion.Group != r.GroupVersion.Group {
+		// Versions of different groups (core v1 Events served as
+		// events.k8s.io/v1) only convert through the internal version.
+		in, err := r.ToInternal(obj)
+		if err != nil {
+			return nil, err
+		}
+		obj = in
 	}
 	out, err := legacyscheme.Scheme.ConvertToVersion(obj, r.GroupVersion)
 	if err != nil {

@@ -83,12 +83,10 @@ func (s *Store) subscribe(prefix string, from int64, opts WatchOptions, newObj f
 	s.hubMu.Lock()
 	h := s.hubs[rp]
 	if h == nil || h.isDead() {
-		cur, err := s.CurrentRevision(context.Background())
-		if err != nil {
-			s.hubMu.Unlock()
-			return nil
-		}
-		h = &hub{store: s, prefix: rp, newObj: newObj, covered: cur, latest: cur, subs: map[*hubSub]struct{}{}}
+		// The hub starts where its first watcher starts, so that watcher
+		// needs no catch-up; if that revision is compacted the hub ends and
+		// its watchers' clients relist.
+		h = &hub{store: s, prefix: rp, newObj: newObj, covered: from, latest: from, subs: map[*hubSub]struct{}{}}
 		if s.hubs == nil {
 			s.hubs = map[string]*hub{}
 		}

@@ -4,13 +4,19 @@ BIN      := bin
 CAPSTAN  := $(BIN)/capstan
 GOFLAGS  ?=
 export GOFLAGS
+# The embedded kubectl reports this version (it must parse as semver).
+KUBE_VERSION := v1.37.2
+LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+            -X k8s.io/component-base/version.gitMajor=1 \
+            -X k8s.io/component-base/version.gitMinor=37 \
+            -X k8s.io/component-base/version.gitTreeState=clean
 
 .PHONY: all build test test-unit test-external-etcd generate generate-check lint demo bench clean
 
 all: build
 
 build:
-	$(GO) build -o $(CAPSTAN) ./cmd/capstan
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(CAPSTAN) ./cmd/capstan
 
 # Everything: lint, unit and integration tests (embedded etcd), then the
 # API suite again against a separately started etcd process.

@@ -10,7 +10,7 @@ CAPSTAN=./bin/capstan
 export CAPSTAN_DATA_DIR=$DATA_DIR
 
 if [ "$(id -u)" -eq 0 ]; then ./scripts/install-deps.sh; fi
-[ -x "$CAPSTAN" ] || go build -o "$CAPSTAN" ./cmd/capstan
+[ -x "$CAPSTAN" ] || make build
 mkdir -p "$DATA_DIR"
 
 pidfile=$DATA_DIR/server.pid

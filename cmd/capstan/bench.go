@@ -41,9 +41,11 @@ func newBenchCmd() *cobra.Command {
 				}
 				defer pprof.StopCPUProfile()
 			}
-			ct := "application/json"
-			if v.GetBool("protobuf") {
-				ct = "application/vnd.kubernetes.protobuf"
+			// Protobuf is what Kubernetes' own components (controllers,
+			// scheduler, kubelet) speak; --json measures kubectl-style clients.
+			ct := "application/vnd.kubernetes.protobuf"
+			if v.GetBool("json") {
+				ct = "application/json"
 			}
 			res, err := apibench.Run(ctx, apibench.Config{
 				Pods: v.GetInt("pods"), Watchers: v.GetInt("watchers"), Workers: v.GetInt("workers"),
@@ -62,7 +64,7 @@ func newBenchCmd() *cobra.Command {
 	f.Int("workers", 64, "concurrent creating clients")
 	f.String("data-dir", "", "server data dir (default: a temporary directory)")
 	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
-	f.Bool("protobuf", false, "use protobuf instead of JSON on the wire")
+	f.Bool("json", false, "use JSON instead of protobuf on the wire")
 	cmd.AddCommand(api)
 	return cmd
 }

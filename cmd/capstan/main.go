@@ -41,7 +41,7 @@ func newRoot() *cobra.Command {
 	}
 	root.PersistentFlags().String("config", "", "YAML config file (flags and CAPSTAN_* environment variables override it)")
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(newServerCmd(), newVersionCmd(), newBenchCmd(), &cobra.Command{
+	root.AddCommand(newServerCmd(), newVersionCmd(), newBenchCmd(), newDataplaneCmd(), newDPCmd(), &cobra.Command{
 		Use:                "kubectl [args...]",
 		Short:              "Run the embedded kubectl against the Capstan cluster",
 		DisableFlagParsing: true,

@@ -11,10 +11,29 @@ import (
 // Attachment is a set of attached programs; Close detaches them.
 type Attachment struct {
 	links []link.Link
+	// pinned links stay attached after Release; Close unpins them first.
+	pinned bool
 }
 
-// Close detaches every program of the attachment.
+// Close detaches every program of the attachment, removing the pins of a pinned one.
 func (a *Attachment) Close() error {
+	var errs []error
+	for _, l := range a.links {
+		if a.pinned {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin link: %w", err))
+			}
+		}
+		errs = append(errs, l.Close())
+	}
+	a.links = nil
+	return errors.Join(errs...)
+}
+
+// Release closes the attachment's handles. Pinned links stay attached, so a daemon that
+// exits this way keeps load-balancing until its successor takes the links over; unpinned
+// links are detached, as by Close.
+func (a *Attachment) Release() error {
 	var errs []error
 	for _, l := range a.links {
 		errs = append(errs, l.Close())

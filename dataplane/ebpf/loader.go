@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -120,6 +121,8 @@ type Datapath struct {
 	byID     map[uint32]*backendState
 	svcIDs   idAllocator
 	beIDs    idAllocator
+
+	writes atomic.Uint64
 }
 
 // Programs are the loaded programs, for callers that attach them their own way.

@@ -42,6 +42,11 @@ type backendState struct {
 	key   backendKey
 	flags uint8
 	refs  int
+	// active counts the references from selectable slots. The terminating flag is global
+	// to the backend, so it is set only when no service selects the backend: a flag that
+	// followed the last upsert would flip on every sync when services disagree (e.g. a
+	// serving terminating pod that is a fallback for one frontend but not another).
+	active int
 }
 
 type serviceState struct {
@@ -158,8 +163,8 @@ func (d *Datapath) UpsertService(svc Service, backends []Backend) error {
 	slices.SortFunc(term, cmp)
 
 	old := d.services[svc.ServiceKey]
-	if old != nil && old.svc == svc && d.sameMembers(old.active, ready, false) &&
-		d.sameMembers(old.terminating, term, true) && (svc.Algorithm != SourceHash || old.maglevOK) {
+	if old != nil && old.svc == svc && d.sameMembers(old.active, ready) &&
+		d.sameMembers(old.terminating, term) && (svc.Algorithm != SourceHash || old.maglevOK) {
 		return nil
 	}
 
@@ -173,7 +178,7 @@ func (d *Datapath) UpsertService(svc Service, backends []Backend) error {
 		}
 		st.id = id
 		// A fresh ID may be a reused one: restart its rotation.
-		if err := d.sock.RrState.Put(id, uint32(0)); err != nil {
+		if err := d.put(d.sock.RrState, id, uint32(0)); err != nil {
 			d.svcIDs.put(id)
 			return fmt.Errorf("service %s: reset round-robin state: %w", svc.ServiceKey, err)
 		}
@@ -215,7 +220,7 @@ func (d *Datapath) UpsertService(svc Service, backends []Backend) error {
 func (d *Datapath) writeService(old, st *serviceState) error {
 	members := append(slices.Clone(st.active), st.terminating...)
 	for i, id := range members {
-		if err := d.sock.SvcSlots.Put(slotKey{SvcId: st.id, Slot: uint32(i)}, id); err != nil {
+		if err := d.put(d.sock.SvcSlots, slotKey{SvcId: st.id, Slot: uint32(i)}, id); err != nil {
 			return fmt.Errorf("write slot %d: %w", i, err)
 		}
 	}
@@ -231,7 +236,7 @@ func (d *Datapath) writeService(old, st *serviceState) error {
 	case st.svc.Algorithm == SourceHash:
 		st.maglevOK = true
 	case old != nil && old.svc.Algorithm == SourceHash:
-		if err := d.sock.MaglevTables.Delete(st.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.del(d.sock.MaglevTables, st.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete maglev table: %w", err)
 		}
 	}
@@ -251,13 +256,13 @@ func (d *Datapath) writeService(old, st *serviceState) error {
 		Flags:           flags,
 		AffinityTimeout: uint32(st.svc.AffinityTimeout / time.Second),
 	}
-	if err := d.sock.Services.Put(svcMapKey(st.svc.ServiceKey), val); err != nil {
+	if err := d.put(d.sock.Services, svcMapKey(st.svc.ServiceKey), val); err != nil {
 		return fmt.Errorf("write service entry: %w", err)
 	}
 
 	if old != nil {
 		for i := len(members); i < len(old.active)+len(old.terminating); i++ {
-			if err := d.sock.SvcSlots.Delete(slotKey{SvcId: st.id, Slot: uint32(i)}); err != nil &&
+			if err := d.del(d.sock.SvcSlots, slotKey{SvcId: st.id, Slot: uint32(i)}); err != nil &&
 				!errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete slot %d: %w", i, err)
 			}
@@ -301,7 +306,7 @@ func (d *Datapath) writeMaglev(st *serviceState) error {
 			}
 		}
 	}
-	if err := d.sock.MaglevTables.Put(st.id, inner); err != nil {
+	if err := d.put(d.sock.MaglevTables, st.id, inner); err != nil {
 		return fmt.Errorf("install maglev table: %w", err)
 	}
 	return nil
@@ -318,17 +323,17 @@ func (d *Datapath) DeleteService(key ServiceKey) error {
 	if st == nil {
 		return nil
 	}
-	if err := d.sock.Services.Delete(svcMapKey(key)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.del(d.sock.Services, svcMapKey(key)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete service %s: %w", key, err)
 	}
 	var errs []error
 	for i := range len(st.active) + len(st.terminating) {
-		if err := d.sock.SvcSlots.Delete(slotKey{SvcId: st.id, Slot: uint32(i)}); err != nil &&
+		if err := d.del(d.sock.SvcSlots, slotKey{SvcId: st.id, Slot: uint32(i)}); err != nil &&
 			!errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
-	if err := d.sock.MaglevTables.Delete(st.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.del(d.sock.MaglevTables, st.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
 	d.unrefAll(st)
@@ -369,23 +374,28 @@ func (d *Datapath) SetNodeAddrs(addrs []netip.Addr) error {
 		k     uint32
 		v     uint32
 		stale []uint32
+		have  = make(map[uint32]bool)
 	)
 	it := d.sock.NodeAddrs.Iterate()
 	for it.Next(&k, &v) {
 		if !want[k] {
 			stale = append(stale, k)
 		}
+		have[k] = true
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read node addresses: %w", err)
 	}
 	for _, k := range stale {
-		if err := d.sock.NodeAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.del(d.sock.NodeAddrs, k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete node address %s: %w", u32Addr(k), err)
 		}
 	}
 	for k := range want {
-		if err := d.sock.NodeAddrs.Put(k, uint32(1)); err != nil {
+		if have[k] {
+			continue // identical calls write nothing
+		}
+		if err := d.put(d.sock.NodeAddrs, k, uint32(1)); err != nil {
 			return fmt.Errorf("write node address %s: %w", u32Addr(k), err)
 		}
 	}
@@ -408,6 +418,33 @@ func (d *Datapath) BackendConns(addr netip.Addr, port uint16, proto Protocol) (u
 	return n, true, nil
 }
 
+// put and del are the only ways this file writes a map, so MapWrites counts every write.
+func (d *Datapath) put(m *ebpf.Map, k, v any) error {
+	d.writes.Add(1)
+	return m.Put(k, v)
+}
+
+func (d *Datapath) del(m *ebpf.Map, k any) error {
+	d.writes.Add(1)
+	return m.Delete(k)
+}
+
+// MapWrites counts the map updates and deletions made through this Datapath: a sync that
+// finds nothing to change leaves it unchanged.
+func (d *Datapath) MapWrites() uint64 { return d.writes.Load() }
+
+// Stats are entry counts of the maps userspace fills.
+type Stats struct {
+	Services, Backends int
+}
+
+// Stats returns how many services and backends the maps hold.
+func (d *Datapath) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return Stats{Services: len(d.services), Backends: len(d.byID)}
+}
+
 func normalizeKey(k ServiceKey) ServiceKey {
 	if k.NodePort() {
 		k.Addr = netip.Addr{}
@@ -420,13 +457,13 @@ type member struct {
 	term bool
 }
 
-func (d *Datapath) sameMembers(ids []uint32, want []member, term bool) bool {
+func (d *Datapath) sameMembers(ids []uint32, want []member) bool {
 	if len(ids) != len(want) {
 		return false
 	}
 	for i, id := range ids {
 		b := d.byID[id]
-		if b == nil || b.key != want[i].key || (b.flags&beFlagTerm != 0) != term {
+		if b == nil || b.key != want[i].key {
 			return false
 		}
 	}
@@ -436,10 +473,6 @@ func (d *Datapath) sameMembers(ids []uint32, want []member, term bool) bool {
 // refBackend returns the ID of a backend, creating its entry on first use, and takes a
 // reference on it.
 func (d *Datapath) refBackend(k backendKey, term bool) (uint32, error) {
-	var flags uint8
-	if term {
-		flags = beFlagTerm
-	}
 	b := d.backends[k]
 	created := b == nil
 	if created {
@@ -448,43 +481,71 @@ func (d *Datapath) refBackend(k backendKey, term bool) (uint32, error) {
 			return 0, fmt.Errorf("allocate id: %w", err)
 		}
 		// The ID may have been used before: start its count from zero.
-		if err := d.sock.BackendConns.Put(id, uint32(0)); err != nil {
+		if err := d.put(d.sock.BackendConns, id, uint32(0)); err != nil {
 			d.beIDs.put(id)
 			return 0, fmt.Errorf("reset connection count: %w", err)
 		}
-		b = &backendState{id: id, key: k, flags: flags}
+		b = &backendState{id: id, key: k}
 		d.backends[k] = b
 		d.byID[id] = b
 	}
-	if created || b.flags != flags {
-		v := backendVal{Addr: addrU32(k.addr), Port: portBE(k.port), Proto: uint8(k.proto), Flags: flags}
-		if err := d.sock.Backends.Put(b.id, v); err != nil {
-			if b.refs == 0 {
-				d.dropBackend(b)
-			}
-			return 0, fmt.Errorf("write backend: %w", err)
-		}
-		b.flags = flags
-	}
 	b.refs++
+	if !term {
+		b.active++
+	}
+	if err := d.writeBackend(b, created); err != nil {
+		b.refs--
+		if !term {
+			b.active--
+		}
+		if b.refs == 0 {
+			d.dropBackend(b)
+		}
+		return 0, err
+	}
 	return b.id, nil
 }
 
+// writeBackend writes the backend entry when it is new or its flag must change.
+func (d *Datapath) writeBackend(b *backendState, force bool) error {
+	var flags uint8
+	if b.active == 0 {
+		flags = beFlagTerm
+	}
+	if !force && b.flags == flags {
+		return nil
+	}
+	v := backendVal{Addr: addrU32(b.key.addr), Port: portBE(b.key.port), Proto: uint8(b.key.proto), Flags: flags}
+	if err := d.put(d.sock.Backends, b.id, v); err != nil {
+		return fmt.Errorf("write backend: %w", err)
+	}
+	b.flags = flags
+	return nil
+}
+
 func (d *Datapath) unrefAll(st *serviceState) {
-	for _, id := range append(slices.Clone(st.active), st.terminating...) {
+	for i, id := range append(slices.Clone(st.active), st.terminating...) {
 		b := d.byID[id]
 		if b == nil {
 			continue
 		}
 		b.refs--
+		if i < len(st.active) {
+			b.active--
+		}
 		if b.refs <= 0 {
 			d.dropBackend(b)
+			continue
+		}
+		if err := d.writeBackend(b, false); err != nil {
+			// New connections never pick it (slots decide); only affinity may still.
+			d.log.Warn("mark backend terminating", "backend", netip.AddrPortFrom(b.key.addr, b.key.port), "err", err)
 		}
 	}
 }
 
 func (d *Datapath) dropBackend(b *backendState) {
-	if err := d.sock.Backends.Delete(b.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := d.del(d.sock.Backends, b.id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		d.log.Warn("delete backend", "backend", netip.AddrPortFrom(b.key.addr, b.key.port), "err", err)
 	}
 	delete(d.backends, b.key)
@@ -537,6 +598,7 @@ func (d *Datapath) restore() error {
 			}
 			b.refs++
 			if i < uint32(sv.Count) {
+				b.active++
 				st.active = append(st.active, bid)
 			} else {
 				st.terminating = append(st.terminating, bid)
@@ -548,10 +610,15 @@ func (d *Datapath) restore() error {
 	if err := sit.Err(); err != nil {
 		return fmt.Errorf("iterate services: %w", err)
 	}
-	// Backends no service holds (a crash between writes) are garbage.
+	// Backends no service holds (a crash between writes) are garbage; flags older code
+	// wrote per upsert are brought in line with the rule in backendState.
 	for _, b := range d.byID {
 		if b.refs == 0 {
 			d.dropBackend(b)
+			continue
+		}
+		if err := d.writeBackend(b, false); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -52,6 +52,17 @@ func MaybeRunChild() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer cancel()
+	// Exit when the test binary dies. (Pdeathsig would fire when the OS
+	// thread that forked us exits, which Go may do at any time.)
+	parent := os.Getppid()
+	go func() {
+		for range time.Tick(500 * time.Millisecond) {
+			if os.Getppid() != parent {
+				cancel()
+				return
+			}
+		}
+	}()
 	if err := server.Run(ctx, cfg, log); err != nil {
 		fmt.Fprintln(os.Stderr, "server:", err)
 		os.Exit(1)
@@ -113,7 +124,6 @@ func (s *Server) start() {
 		s.t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start server: %v", err)
 	}

@@ -1,0 +1,361 @@
+// Package daemon runs the dataplane as a kube-proxy replacement on one node: it loads and
+// pins the eBPF datapath, attaches it, watches the API and syncs the maps to what it sees.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
+
+	"github.com/capstan-net/capstan/dataplane"
+	"github.com/capstan-net/capstan/dataplane/ebpf"
+	"github.com/capstan-net/capstan/dataplane/healthcheck"
+)
+
+// DefaultPinRoot is where nodes' pin directories live: <root>/<node>.
+const DefaultPinRoot = "/sys/fs/bpf/capstan"
+
+// Config is what Run needs. Kubeconfig (or RestConfig) and NodeName are required.
+type Config struct {
+	Kubeconfig string
+	// RestConfig, when set, is used instead of Kubeconfig.
+	RestConfig *rest.Config
+	NodeName   string
+
+	// PinDir defaults to DefaultPinRoot/<node>; it must be on a bpf filesystem.
+	PinDir string
+	// CgroupDir is the cgroup v2 directory the socket load balancer attaches to: the node's
+	// subtree, not the root, since simulated nodes share a kernel. Empty attaches none.
+	CgroupDir string
+	// Devices are the node devices (by name) that get the tc NodePort programs.
+	Devices []string
+	// Netns is the path of the network namespace the devices live in; empty is the daemon's.
+	Netns string
+	// NodeAddrs, when set, replace the addresses of this node's Node object.
+	NodeAddrs []netip.Addr
+
+	DefaultAlgorithm string
+	MaglevSeed       uint32
+	SNATAddr         netip.Addr
+
+	// MinSyncInterval defaults to 1s, SyncPeriod (full resync) to 30s.
+	MinSyncInterval time.Duration
+	SyncPeriod      time.Duration
+
+	// MetricsAddr serves /metrics when set, e.g. "127.0.0.1:9964".
+	MetricsAddr string
+	// Registry receives the metrics; nil makes a new one.
+	Registry *prometheus.Registry
+
+	Logger *slog.Logger
+	Clock  clock.WithTicker
+}
+
+func (c *Config) setDefaults() error {
+	if c.NodeName == "" {
+		return errors.New("node name is required")
+	}
+	if c.Kubeconfig == "" && c.RestConfig == nil {
+		return errors.New("kubeconfig is required")
+	}
+	if c.PinDir == "" {
+		c.PinDir = filepath.Join(DefaultPinRoot, c.NodeName)
+	}
+	if c.DefaultAlgorithm == "" {
+		c.DefaultAlgorithm = dataplane.AlgorithmRandom
+	}
+	if c.MinSyncInterval == 0 {
+		c.MinSyncInterval = time.Second
+	}
+	if c.SyncPeriod == 0 {
+		c.SyncPeriod = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = clock.RealClock{}
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	return nil
+}
+
+// Run runs the dataplane until ctx ends. On the way out it closes its handles but leaves maps
+// and links pinned, so connections and service load balancing carry on until the next Run on
+// the same pin directory takes them over.
+func Run(ctx context.Context, cfg Config) (err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return fmt.Errorf("dataplane config: %w", err)
+	}
+	log := cfg.Logger.With("node", cfg.NodeName)
+	if err := checkBPFFS(cfg.PinDir); err != nil {
+		return err
+	}
+
+	rc := cfg.RestConfig
+	if rc == nil {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		if err != nil {
+			return fmt.Errorf("load kubeconfig: %w", err)
+		}
+	}
+	rc = rest.CopyConfig(rc)
+	rc.UserAgent = "capstan-dataplane/" + cfg.NodeName
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("create client: %w", err)
+	}
+
+	dp, err := ebpf.Load(ebpf.Config{
+		PinDir:     cfg.PinDir,
+		MaglevSeed: cfg.MaglevSeed,
+		SNATAddr:   cfg.SNATAddr,
+		Logger:     log,
+	})
+	if err != nil {
+		return fmt.Errorf("load datapath: %w", err)
+	}
+	defer dp.Close()
+
+	var atts []*ebpf.Attachment
+	defer func() {
+		for _, a := range atts {
+			if rerr := a.Release(); rerr != nil {
+				log.Warn("release attachment", "err", rerr)
+			}
+		}
+	}()
+	if cfg.CgroupDir != "" {
+		a, err := dp.AttachSocketLBPinned(cfg.CgroupDir)
+		if err != nil {
+			return fmt.Errorf("attach socket lb: %w", err)
+		}
+		atts = append(atts, a)
+	}
+	if len(cfg.Devices) > 0 {
+		err := inNetns(cfg.Netns, func() error {
+			for _, name := range cfg.Devices {
+				ifc, err := net.InterfaceByName(name)
+				if err != nil {
+					return fmt.Errorf("find device %s: %w", name, err)
+				}
+				a, err := dp.AttachNodePinned(ifc.Index)
+				if err != nil {
+					return fmt.Errorf("attach device %s: %w", name, err)
+				}
+				atts = append(atts, a)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if n, err := dp.PruneLinks(); err != nil {
+		log.Warn("prune stale links", "err", err)
+	} else if n > 0 {
+		log.Info("pruned stale links", "count", n)
+	}
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	defer broadcaster.Shutdown()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "capstan-dataplane", Host: cfg.NodeName})
+
+	// The tracker calls Changed only once the informers run, after runner is set below.
+	var runner *dataplane.Runner
+	tracker, err := dataplane.NewTracker(dataplane.TrackerConfig{
+		NodeName:         cfg.NodeName,
+		DefaultAlgorithm: cfg.DefaultAlgorithm,
+		NodeAddrs:        cfg.NodeAddrs,
+		Recorder:         recorder,
+		Changed:          func() { runner.Trigger() },
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	metrics, err := dataplane.NewMetrics(cfg.Registry)
+	if err != nil {
+		return err
+	}
+	if err := registerDatapathMetrics(cfg.Registry, dp); err != nil {
+		return err
+	}
+	// Health checks answer in the node's namespace, where load balancers reach the node.
+	hc := healthcheck.New(healthcheck.Config{
+		Listen: func(port uint16) (ln net.Listener, err error) {
+			err = inNetns(cfg.Netns, func() error {
+				ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+				return err
+			})
+			return ln, err
+		},
+		Logger: log,
+	})
+	defer hc.Close()
+	backend := dataplane.Backends{ebpf.NewSyncer(dp, log), hc}
+	runner, err = dataplane.NewRunner("dataplane", dataplane.SyncFunc(backend, tracker.Snapshot, metrics, cfg.Clock, log),
+		dataplane.RunnerConfig{
+			MinInterval: cfg.MinSyncInterval,
+			MaxInterval: cfg.SyncPeriod,
+			Clock:       cfg.Clock,
+			Logger:      log,
+		})
+	if err != nil {
+		return err
+	}
+
+	if cfg.MetricsAddr != "" {
+		stop, err := serveMetrics(cfg.MetricsAddr, cfg.Registry, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	if err := tracker.Register(factory); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), tracker.HasSynced) {
+		return nil // ctx ended
+	}
+	// Only now is the first snapshot complete: syncing earlier would delete the services a
+	// previous daemon left in the maps, breaking new connections until the caches fill.
+	log.Info("dataplane running", "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
+	runner.Trigger()
+	runner.Run(ctx)
+	log.Info("dataplane stopping; maps and links stay pinned")
+	return nil
+}
+
+// checkBPFFS fails unless dir (or its nearest existing parent) is on a bpf filesystem, where
+// pins outlive the daemon; anywhere else Load's pinning fails with a less helpful error.
+func checkBPFFS(dir string) error {
+	for p := dir; ; p = filepath.Dir(p) {
+		var st unix.Statfs_t
+		err := unix.Statfs(p, &st)
+		if errors.Is(err, unix.ENOENT) && p != "/" {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("check pin dir %s: %w", dir, err)
+		}
+		if st.Type != unix.BPF_FS_MAGIC {
+			return fmt.Errorf("pin dir %s is not on a bpf filesystem (mount one: mount -t bpf bpffs /sys/fs/bpf)", dir)
+		}
+		return nil
+	}
+}
+
+// inNetns runs fn in the network namespace at path on a locked OS thread, then puts the thread
+// back, like containernetworking's ns.Do. A thread that cannot go back stays locked, so Go
+// ends it with the goroutine rather than letting other goroutines run in that namespace.
+// Threads are not simply thrown away: a child started with Pdeathsig dies with the thread
+// that forked it, and Go may have forked one from any thread.
+func inNetns(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		target, err := os.Open(path)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open netns %s: %w", path, err)
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", path, err)
+			return
+		}
+		err = fn()
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+func registerDatapathMetrics(reg prometheus.Registerer, dp *ebpf.Datapath) error {
+	cs := []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "capstan_dataplane_map_entries", Help: "Entries userspace keeps in a BPF map.",
+			ConstLabels: prometheus.Labels{"map": "services"},
+		}, func() float64 { return float64(dp.Stats().Services) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "capstan_dataplane_map_entries", Help: "Entries userspace keeps in a BPF map.",
+			ConstLabels: prometheus.Labels{"map": "backends"},
+		}, func() float64 { return float64(dp.Stats().Backends) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "capstan_dataplane_map_writes_total", Help: "BPF map updates and deletions made by syncs.",
+		}, func() float64 { return float64(dp.MapWrites()) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}

@@ -18,9 +18,10 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(CAPSTAN) ./cmd/capstan
 
-# Everything: lint, unit and integration tests (embedded etcd), then the
+# Everything: lint, regenerate BPF objects (must match the committed ones),
+# unit and integration tests (embedded etcd), then the
 # API suite again against a separately started etcd process.
-test: lint test-unit test-external-etcd
+test: lint generate-check test-unit test-external-etcd
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...

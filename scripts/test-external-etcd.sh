@@ -16,11 +16,14 @@ ETCD_UNSUPPORTED_ARCH=${ETCD_UNSUPPORTED_ARCH:-} "$ETCD" --name capstan-test --d
   --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
   --initial-cluster "capstan-test=http://127.0.0.1:$pport" --log-level error >"$dir/etcd.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
+trap cleanup EXIT
 for _ in $(seq 50); do
   if (exec 3<>/dev/tcp/127.0.0.1/$cport) 2>/dev/null; then break; fi
   sleep 0.2
 done
 echo "external etcd on 127.0.0.1:$cport ($("$ETCD" --version | head -1))"
 # One package at a time: tests share this etcd, and compaction is global.
-CAPSTAN_TEST_ETCD="http://127.0.0.1:$cport" ${GO:-go} test -p 1 -count=1 -timeout 15m ${CAPSTAN_EXTERNAL_ETCD_PKGS:-./test/integration/... ./control/storage/... ./control/registry/...}
+rc=0
+CAPSTAN_TEST_ETCD="http://127.0.0.1:$cport" ${GO:-go} test -p 1 -count=1 -timeout 15m ${CAPSTAN_EXTERNAL_ETCD_PKGS:-./test/integration/... ./control/storage/... ./control/registry/...} || rc=$?
+exit $rc

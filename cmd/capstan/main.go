@@ -116,6 +116,10 @@ func newServerCmd() *cobra.Command {
 				NodePortRange:      v.GetString("service-node-port-range"),
 				CompactionInterval: v.GetDuration("compaction-interval"),
 				BookmarkInterval:   v.GetDuration("bookmark-interval"),
+				Controllers: server.ControllersConfig{
+					Enabled:     v.GetStringSlice("controllers"),
+					LeaderElect: v.GetBool("leader-elect"),
+				},
 			}
 			if cfg.SecurePort < 0 || cfg.SecurePort > 65535 {
 				return fmt.Errorf("--secure-port %d is out of range 0-65535", cfg.SecurePort)
@@ -139,6 +143,8 @@ func newServerCmd() *cobra.Command {
 	f.String("service-node-port-range", "30000-32767", "range for NodePorts")
 	f.Duration("compaction-interval", 0, "interval between etcd compactions (default 5m)")
 	f.Duration("bookmark-interval", 0, "interval between watch bookmarks (default 1m)")
+	f.StringSlice("controllers", []string{"*"}, `control loops to run: "*" for all, "name" to enable, "-name" to disable (namespace, endpointslice)`)
+	f.Bool("leader-elect", true, "run control loops only in the server holding their Lease, for several servers on one etcd")
 	return cmd
 }
 

@@ -3,9 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -13,13 +11,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-
-	"github.com/capstan-net/capstan/control/controllers/namespace"
 )
 
 func loopbackConfig(kubeconfig string) (*rest.Config, error) {
@@ -87,37 +81,6 @@ func bootstrapObjects(ctx context.Context, client kubernetes.Interface, serviceC
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// runControllers bootstraps objects and runs the built-in loops over a
-// loopback client until ctx ends.
-func runControllers(ctx context.Context, cfg *rest.Config, bc bootstrapConfig, log *slog.Logger) {
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		log.Error("controllers: client", "err", err)
-		return
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		log.Error("controllers: dynamic client", "err", err)
-		return
-	}
-	for {
-		err := bootstrapObjects(ctx, client, bc.serviceCIDR, bc.firstIP, bc.advertise, bc.port)
-		if err == nil {
-			break
-		}
-		log.Warn("bootstrap objects, retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-	factory := informers.NewSharedInformerFactory(client, 0)
-	nc := namespace.New(client, dyn, factory, log.With("controller", "namespace"))
-	factory.Start(ctx.Done())
-	nc.Run(ctx, 2)
-}
 
 type bootstrapConfig struct {
 	serviceCIDR, firstIP, advertise string

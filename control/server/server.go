@@ -49,6 +49,8 @@ type Config struct {
 	BookmarkInterval time.Duration
 	// AdvertiseAddress is put in kubeconfigs and the kubernetes Service.
 	AdvertiseAddress string
+	// Controllers selects and elects the built-in control loops.
+	Controllers ControllersConfig
 	// Ready is closed once the server serves (tests use it).
 	Ready chan<- struct{}
 }
@@ -196,7 +198,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	first, _ := registry.FirstServiceIP(cfg.ServiceCIDR)
-	go runControllers(ctx, loopback, bootstrapConfig{serviceCIDR: cfg.ServiceCIDR, firstIP: first.String(), advertise: advertise, port: port}, log)
+	go runControllers(ctx, loopback, bootstrapConfig{serviceCIDR: cfg.ServiceCIDR, firstIP: first.String(), advertise: advertise, port: port}, cfg.Controllers, log)
 	if cfg.Ready != nil {
 		close(cfg.Ready)
 	}

@@ -48,6 +48,8 @@ func MaybeRunChild() {
 		cfg.EtcdPrefix = parts[3]
 	}
 	cfg.BindAddress = "127.0.0.1"
+	cfg.Controllers.LeaderElect = true
+	cfg.Controllers.Identity = Identity(cfg.DataDir)
 	cfg.BookmarkInterval = 2 * time.Second
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -76,6 +78,9 @@ type Options struct {
 	EtcdEndpoints []string
 	// CompactionInterval, zero for the default.
 	CompactionInterval time.Duration
+	// EtcdPrefix shares one cluster's keys between servers on one external
+	// etcd (HA tests); empty gives each server its own prefix.
+	EtcdPrefix string
 }
 
 // Server is a running test server.
@@ -95,7 +100,9 @@ type Server struct {
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	s := &Server{t: t, DataDir: t.TempDir(), opts: opts}
-	if len(opts.EtcdEndpoints) > 0 {
+	if opts.EtcdPrefix != "" {
+		s.prefix = opts.EtcdPrefix
+	} else if len(opts.EtcdEndpoints) > 0 {
 		// Tests share one external etcd; each server gets its own keys.
 		s.prefix = fmt.Sprintf("/capstan-test/%d", time.Now().UnixNano())
 	}
@@ -149,6 +156,14 @@ func (s *Server) start() {
 	data, _ := os.ReadFile(logf.Name())
 	s.t.Fatalf("server did not become ready; log:\n%s", data)
 }
+
+// Identity is the leader-election identity of the server on dataDir.
+func Identity(dataDir string) string {
+	return "servertest-" + filepath.Base(filepath.Dir(dataDir)) + "-" + filepath.Base(dataDir)
+}
+
+// Identity is this server's leader-election identity.
+func (s *Server) Identity() string { return Identity(s.DataDir) }
 
 // Kill stops the server with SIGKILL, as a crash would.
 func (s *Server) Kill() {

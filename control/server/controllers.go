@@ -23,6 +23,7 @@ import (
 
 	"github.com/capstan-net/capstan/control/controllers/endpointslice"
 	"github.com/capstan-net/capstan/control/controllers/namespace"
+	"github.com/capstan-net/capstan/control/controllers/nodeipam"
 )
 
 // Leader election timing: a dead leader's lease expires 10 s after its
@@ -50,8 +51,16 @@ type loop struct {
 }
 
 // controllerLoops are the loops run under the controller-manager lease.
-func controllerLoops() []loop {
+func controllerLoops(cc ControllersConfig) []loop {
 	return []loop{
+		{"nodeipam", func(d loopDeps) func(context.Context) {
+			c, err := nodeipam.New(d.client, d.factory, d.recorder, cc.ClusterCIDR, cc.NodeCIDRMaskSize, d.log)
+			if err != nil {
+				d.log.Error("node IPAM disabled", "err", err)
+				return func(context.Context) {}
+			}
+			return c.Run
+		}},
 		{"namespace", func(d loopDeps) func(context.Context) {
 			c := namespace.New(d.client, d.dynamic, d.factory, d.log)
 			return func(ctx context.Context) { c.Run(ctx, 2) }
@@ -107,7 +116,7 @@ func runControllers(ctx context.Context, cfg *rest.Config, bc bootstrapConfig, c
 		}
 	}
 	var loops []loop
-	for _, l := range controllerLoops() {
+	for _, l := range controllerLoops(cc) {
 		if enabled(cc.Enabled, l.name) {
 			loops = append(loops, l)
 		}
@@ -175,6 +184,9 @@ type ControllersConfig struct {
 	LeaderElect bool
 	// Identity in the Lease; empty is hostname plus a random suffix.
 	Identity string
+	// ClusterCIDR is carved into one NodeCIDRMaskSize range per Node.
+	ClusterCIDR      string
+	NodeCIDRMaskSize int
 }
 
 func (c ControllersConfig) identity() string {

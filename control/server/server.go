@@ -69,6 +69,12 @@ func (c *Config) Defaults() {
 	if c.NodePortRange == "" {
 		c.NodePortRange = "30000-32767"
 	}
+	if c.Controllers.ClusterCIDR == "" {
+		c.Controllers.ClusterCIDR = "10.244.0.0/16"
+	}
+	if c.Controllers.NodeCIDRMaskSize == 0 {
+		c.Controllers.NodeCIDRMaskSize = 24
+	}
 	if c.CompactionInterval == 0 {
 		c.CompactionInterval = 5 * time.Minute
 	}

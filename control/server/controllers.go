@@ -20,10 +20,12 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 
 	"github.com/capstan-net/capstan/control/controllers/endpointslice"
 	"github.com/capstan-net/capstan/control/controllers/namespace"
 	"github.com/capstan-net/capstan/control/controllers/nodeipam"
+	"github.com/capstan-net/capstan/control/controllers/nodelifecycle"
 )
 
 // Leader election timing: a dead leader's lease expires 10 s after its
@@ -59,6 +61,10 @@ func controllerLoops(cc ControllersConfig) []loop {
 				d.log.Error("node IPAM disabled", "err", err)
 				return func(context.Context) {}
 			}
+			return c.Run
+		}},
+		{"nodelifecycle", func(d loopDeps) func(context.Context) {
+			c := nodelifecycle.New(d.client, d.factory, d.recorder, clock.RealClock{}, nodelifecycle.Config{}, d.log)
 			return c.Run
 		}},
 		{"namespace", func(d loopDeps) func(context.Context) {

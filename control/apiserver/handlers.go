@@ -165,7 +165,7 @@ func (s *Server) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Re
 	if err != nil {
 		se := toStatusError(err, ri.res, ri.name)
 		st := se.Status()
-		if st.Code >= 500 {
+		if st.Code >= 500 && r.Context().Err() == nil {
 			s.log.Error("request failed", "verb", ri.verb, "path", r.URL.Path, "err", err)
 		}
 		s.writeObject(w, r, int(st.Code), &st)

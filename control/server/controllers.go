@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,16 +18,21 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
+	"github.com/capstan-net/capstan/control/controllers/deployment"
 	"github.com/capstan-net/capstan/control/controllers/endpointslice"
+	"github.com/capstan-net/capstan/control/controllers/garbagecollector"
 	"github.com/capstan-net/capstan/control/controllers/namespace"
 	"github.com/capstan-net/capstan/control/controllers/nodeipam"
 	"github.com/capstan-net/capstan/control/controllers/nodelifecycle"
+	"github.com/capstan-net/capstan/control/controllers/replicaset"
+	"github.com/capstan-net/capstan/control/scheduler"
 )
 
 // Leader election timing: a dead leader's lease expires 10 s after its
@@ -41,6 +48,7 @@ const (
 type loopDeps struct {
 	client   kubernetes.Interface
 	dynamic  dynamic.Interface
+	metadata metadata.Interface
 	factory  informers.SharedInformerFactory
 	recorder record.EventRecorder
 	log      *slog.Logger
@@ -67,6 +75,18 @@ func controllerLoops(cc ControllersConfig) []loop {
 			c := nodelifecycle.New(d.client, d.factory, d.recorder, clock.RealClock{}, nodelifecycle.Config{}, d.log)
 			return c.Run
 		}},
+		{"replicaset", func(d loopDeps) func(context.Context) {
+			c := replicaset.New(d.client, d.factory, clock.RealClock{}, d.log)
+			return func(ctx context.Context) { c.Run(ctx, 4) }
+		}},
+		{"deployment", func(d loopDeps) func(context.Context) {
+			c := deployment.New(d.client, d.factory, clock.RealClock{}, d.log)
+			return func(ctx context.Context) { c.Run(ctx, 4) }
+		}},
+		{"garbagecollector", func(d loopDeps) func(context.Context) {
+			c := garbagecollector.New(d.metadata, d.client.Discovery(), d.log)
+			return func(ctx context.Context) { c.Run(ctx, 2) }
+		}},
 		{"namespace", func(d loopDeps) func(context.Context) {
 			c := namespace.New(d.client, d.dynamic, d.factory, d.log)
 			return func(ctx context.Context) { c.Run(ctx, 2) }
@@ -74,6 +94,16 @@ func controllerLoops(cc ControllersConfig) []loop {
 		{"endpointslice", func(d loopDeps) func(context.Context) {
 			c := endpointslice.New(d.client, d.factory, d.recorder, d.log)
 			return func(ctx context.Context) { c.Run(ctx, 4) }
+		}},
+	}
+}
+
+// schedulerLoops run under their own Lease, as kube-scheduler does.
+func schedulerLoops() []loop {
+	return []loop{
+		{"scheduler", func(d loopDeps) func(context.Context) {
+			s := scheduler.New(d.client, d.factory, d.recorder, clock.RealClock{}, rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), d.log)
+			return func(ctx context.Context) { s.Run(ctx, 16) }
 		}},
 	}
 }
@@ -121,38 +151,60 @@ func runControllers(ctx context.Context, cfg *rest.Config, bc bootstrapConfig, c
 		case <-time.After(time.Second):
 		}
 	}
-	var loops []loop
-	for _, l := range controllerLoops(cc) {
-		if enabled(cc.Enabled, l.name) {
-			loops = append(loops, l)
-		}
-	}
-	if len(loops) == 0 {
+	md, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		log.Error("controllers: metadata client", "err", err)
 		return
 	}
-	run := func(ctx context.Context) {
-		bc := record.NewBroadcaster(record.WithContext(ctx))
-		bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-		defer bc.Shutdown()
-		d := loopDeps{client: client, dynamic: dyn, factory: informers.NewSharedInformerFactory(client, 0),
-			recorder: bc.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "capstan-controller-manager"})}
-		var runners []func(context.Context)
-		for _, l := range loops {
-			d.log = log.With("controller", l.name)
-			runners = append(runners, l.start(d))
-		}
-		d.factory.Start(ctx.Done())
-		for _, r := range runners {
-			go r(ctx)
-		}
-		<-ctx.Done()
-		d.factory.Shutdown()
+	groups := []struct {
+		lease     string
+		component string
+		loops     []loop
+	}{
+		{"capstan-controller-manager", "capstan-controller-manager", controllerLoops(cc)},
+		{"capstan-scheduler", scheduler.Name, schedulerLoops()},
 	}
-	if !cc.LeaderElect {
-		run(ctx)
-		return
+	id := cc.identity()
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		var loops []loop
+		for _, l := range g.loops {
+			if enabled(cc.Enabled, l.name) {
+				loops = append(loops, l)
+			}
+		}
+		if len(loops) == 0 {
+			continue
+		}
+		run := func(ctx context.Context) {
+			bc := record.NewBroadcaster(record.WithContext(ctx))
+			bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+			defer bc.Shutdown()
+			d := loopDeps{client: client, dynamic: dyn, metadata: md, factory: informers.NewSharedInformerFactory(client, 0),
+				recorder: bc.NewRecorder(scheme.Scheme, corev1.EventSource{Component: g.component})}
+			var runners []func(context.Context)
+			for _, l := range loops {
+				d.log = log.With("controller", l.name)
+				runners = append(runners, l.start(d))
+			}
+			d.factory.Start(ctx.Done())
+			for _, r := range runners {
+				go r(ctx)
+			}
+			<-ctx.Done()
+			d.factory.Shutdown()
+		}
+		wg.Add(1)
+		go func(lease string) {
+			defer wg.Done()
+			if !cc.LeaderElect {
+				run(ctx)
+				return
+			}
+			lead(ctx, client, lease, id, log, run)
+		}(g.lease)
 	}
-	lead(ctx, client, "capstan-controller-manager", cc.identity(), log, run)
+	wg.Wait()
 }
 
 // lead runs fn while this process holds the named Lease in kube-system,

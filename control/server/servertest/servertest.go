@@ -47,6 +47,9 @@ func MaybeRunChild() {
 	if len(parts) > 3 {
 		cfg.EtcdPrefix = parts[3]
 	}
+	if len(parts) > 4 && parts[4] != "" {
+		cfg.Controllers.Enabled = strings.Split(parts[4], ",")
+	}
 	cfg.BindAddress = "127.0.0.1"
 	cfg.Controllers.LeaderElect = true
 	cfg.Controllers.Identity = Identity(cfg.DataDir)
@@ -78,6 +81,10 @@ type Options struct {
 	EtcdEndpoints []string
 	// CompactionInterval, zero for the default.
 	CompactionInterval time.Duration
+	// Controllers selects the server's control loops (see server
+	// ControllersConfig.Enabled); nil runs only the namespace controller,
+	// so tests of the API or of one loop are not disturbed by the others.
+	Controllers []string
 	// EtcdPrefix shares one cluster's keys between servers on one external
 	// etcd (HA tests); empty gives each server its own prefix.
 	EtcdPrefix string
@@ -125,7 +132,7 @@ func (s *Server) start() {
 	s.t.Helper()
 	os.Remove(s.Kubeconfig)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+s.DataDir+"|"+strings.Join(s.opts.EtcdEndpoints, ",")+"|"+s.opts.CompactionInterval.String()+"|"+s.prefix)
+	cmd.Env = append(os.Environ(), childEnv+"="+s.DataDir+"|"+strings.Join(s.opts.EtcdEndpoints, ",")+"|"+s.opts.CompactionInterval.String()+"|"+s.prefix+"|"+strings.Join(s.controllers(), ","))
 	logf, err := os.Create(filepath.Join(s.DataDir, fmt.Sprintf("server-%d.log", time.Now().UnixNano())))
 	if err != nil {
 		s.t.Fatal(err)
@@ -155,6 +162,13 @@ func (s *Server) start() {
 	}
 	data, _ := os.ReadFile(logf.Name())
 	s.t.Fatalf("server did not become ready; log:\n%s", data)
+}
+
+func (s *Server) controllers() []string {
+	if s.opts.Controllers == nil {
+		return []string{"namespace"}
+	}
+	return s.opts.Controllers
 }
 
 // Identity is the leader-election identity of the server on dataDir.

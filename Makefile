@@ -46,6 +46,7 @@ demo: build
 
 bench: build
 	$(CAPSTAN) bench api
+	$(CAPSTAN) bench scheduler
 
 clean:
 	rm -rf $(BIN) bench-results

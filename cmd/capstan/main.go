@@ -145,7 +145,7 @@ func newServerCmd() *cobra.Command {
 	f.String("service-node-port-range", "30000-32767", "range for NodePorts")
 	f.Duration("compaction-interval", 0, "interval between etcd compactions (default 5m)")
 	f.Duration("bookmark-interval", 0, "interval between watch bookmarks (default 1m)")
-	f.StringSlice("controllers", []string{"*"}, `control loops to run: "*" for all, "name" to enable, "-name" to disable (scheduler, replicaset, deployment, endpointslice, nodeipam, nodelifecycle, garbagecollector, namespace)`)
+	f.StringSlice("controllers", []string{"*"}, `control loops to run: "*" for all, "name" to enable, "-name" to disable (scheduler, replicaset, deployment, daemonset, endpointslice, nodeipam, nodelifecycle, garbagecollector, namespace)`)
 	f.String("cluster-cidr", "10.244.0.0/16", "range that node pod CIDRs are carved from")
 	f.Int("node-cidr-mask-size", 24, "prefix length of each node's pod CIDR")
 	f.Bool("leader-elect", true, "run control loops only in the server holding their Lease, for several servers on one etcd")

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
+	"github.com/capstan-net/capstan/control/controllers/daemonset"
 	"github.com/capstan-net/capstan/control/controllers/deployment"
 	"github.com/capstan-net/capstan/control/controllers/endpointslice"
 	"github.com/capstan-net/capstan/control/controllers/garbagecollector"
@@ -82,6 +83,10 @@ func controllerLoops(cc ControllersConfig) []loop {
 		{"deployment", func(d loopDeps) func(context.Context) {
 			c := deployment.New(d.client, d.factory, clock.RealClock{}, d.log)
 			return func(ctx context.Context) { c.Run(ctx, 4) }
+		}},
+		{"daemonset", func(d loopDeps) func(context.Context) {
+			c := daemonset.New(d.client, d.factory, clock.RealClock{}, d.log)
+			return func(ctx context.Context) { c.Run(ctx, 2) }
 		}},
 		{"garbagecollector", func(d loopDeps) func(context.Context) {
 			c := garbagecollector.New(d.metadata, d.client.Discovery(), d.log)

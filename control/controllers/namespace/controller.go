@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -95,20 +96,21 @@ func (c *Controller) sync(ctx context.Context, name string) (bool, error) {
 	if ns.DeletionTimestamp == nil || !hasFinalizer(ns) {
 		return false, nil
 	}
-	lists, err := c.discovery.ServerPreferredNamespacedResources()
+	_, lists, err := c.discovery.ServerGroupsAndResources()
 	if err != nil && len(lists) == 0 {
 		return false, fmt.Errorf("discover namespaced resources: %w", err)
 	}
-	remaining := 0
+	remaining, seen := 0, 0
 	for _, l := range lists {
 		gv, err := schema.ParseGroupVersion(l.GroupVersion)
 		if err != nil {
 			continue
 		}
 		for _, r := range l.APIResources {
-			if !has(r.Verbs, "deletecollection") || !has(r.Verbs, "list") {
+			if !r.Namespaced || strings.Contains(r.Name, "/") || !has(r.Verbs, "deletecollection") || !has(r.Verbs, "list") {
 				continue
 			}
+			seen++
 			res := c.dynamic.Resource(gv.WithResource(r.Name)).Namespace(name)
 			if err := res.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil && !apierrors.IsNotFound(err) {
 				return false, fmt.Errorf("delete %s in %s: %w", r.Name, name, err)
@@ -122,6 +124,10 @@ func (c *Controller) sync(ctx context.Context, name string) (bool, error) {
 	}
 	if remaining > 0 {
 		return true, nil
+	}
+	if seen == 0 {
+		// Never finalize on an empty discovery answer: content would leak.
+		return false, fmt.Errorf("discovery listed no namespaced resources")
 	}
 	var keep []corev1.FinalizerName
 	for _, f := range ns.Spec.Finalizers {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,7 +72,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 		return
 	}
 	c.mapper = restmapper.NewDiscoveryRESTMapper(groups)
-	lists, err := c.discovery.ServerPreferredResources()
+	_, lists, err := c.discovery.ServerGroupsAndResources()
 	if err != nil && len(lists) == 0 {
 		c.log.Error("garbage collector: resources", "err", err)
 		return
@@ -83,7 +84,7 @@ func (c *Controller) Run(ctx context.Context, workers int) {
 			continue
 		}
 		for _, r := range l.APIResources {
-			if !has(r.Verbs, "list") || !has(r.Verbs, "watch") || !has(r.Verbs, "delete") {
+			if strings.Contains(r.Name, "/") || !has(r.Verbs, "list") || !has(r.Verbs, "watch") || !has(r.Verbs, "delete") {
 				continue
 			}
 			gvr := gv.WithResource(r.Name)

@@ -29,6 +29,8 @@ import (
 	esutil "k8s.io/endpointslice/util"
 	endpointsutil "k8s.io/kubernetes/pkg/api/v1/endpoints"
 	podutil "k8s.io/kubernetes/pkg/api/v1/pod"
+
+	"github.com/capstan-net/capstan/control/controllers/worker"
 )
 
 // ControllerName marks the slices this controller manages, as upstream.
@@ -144,32 +146,7 @@ func (c *Controller) enqueuePodServices(obj interface{}) {
 
 // Run syncs Services until ctx ends.
 func (c *Controller) Run(ctx context.Context, workers int) {
-	defer c.queue.ShutDown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		return
-	}
-	for i := 0; i < workers; i++ {
-		go func() {
-			for c.next(ctx) {
-			}
-		}()
-	}
-	<-ctx.Done()
-}
-
-func (c *Controller) next(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if err := c.sync(ctx, key); err != nil {
-		c.log.Warn("endpointslice sync", "service", key, "err", err)
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	return true
+	worker.Run(ctx, c.queue, workers, c.synced, c.sync, c.log, "service")
 }
 
 func (c *Controller) sync(ctx context.Context, key string) error {

@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/capstan-net/capstan/control/controllers/worker"
 )
 
 // ConditionReason marks a Node the allocator could not serve.
@@ -150,30 +152,7 @@ func (c *Controller) rangeAt(i int) string {
 
 // Run allocates until ctx ends. One worker: allocation is serial.
 func (c *Controller) Run(ctx context.Context) {
-	defer c.queue.ShutDown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced) {
-		return
-	}
-	go func() {
-		for c.next(ctx) {
-		}
-	}()
-	<-ctx.Done()
-}
-
-func (c *Controller) next(ctx context.Context) bool {
-	name, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(name)
-	if err := c.sync(ctx, name); err != nil {
-		c.log.Warn("node ipam", "node", name, "err", err)
-		c.queue.AddRateLimited(name)
-		return true
-	}
-	c.queue.Forget(name)
-	return true
+	worker.Run(ctx, c.queue, 1, []cache.InformerSynced{c.synced}, c.sync, c.log, "node")
 }
 
 func (c *Controller) sync(ctx context.Context, name string) error {

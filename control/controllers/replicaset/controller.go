@@ -27,6 +27,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+
+	"github.com/capstan-net/capstan/control/controllers/worker"
 )
 
 // burstReplicas caps the pods created or deleted in one sync so that one
@@ -83,38 +85,7 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, c
 
 // Run processes ReplicaSets until ctx ends.
 func (c *Controller) Run(ctx context.Context, workers int) {
-	defer c.queue.ShutDown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		return
-	}
-	for i := 0; i < workers; i++ {
-		go func() {
-			for c.next(ctx) {
-			}
-		}()
-	}
-	<-ctx.Done()
-}
-
-func (c *Controller) next(ctx context.Context) bool {
-	key, quit := c.queue.Get()
-	if quit {
-		return false
-	}
-	defer c.queue.Done(key)
-	if err := c.sync(ctx, key); err != nil {
-		// A conflict only means our cache was behind; the retry
-		// reads fresh state, so it is not worth a warning.
-		level := slog.LevelWarn
-		if apierrors.IsConflict(err) {
-			level = slog.LevelDebug
-		}
-		c.log.Log(ctx, level, "sync replicaset", "replicaset", key, "err", err)
-		c.queue.AddRateLimited(key)
-		return true
-	}
-	c.queue.Forget(key)
-	return true
+	worker.Run(ctx, c.queue, workers, c.synced, c.sync, c.log, "replicaset")
 }
 
 func (c *Controller) enqueue(obj interface{}) {

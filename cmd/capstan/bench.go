@@ -24,11 +24,7 @@ func newBenchCmd() *cobra.Command {
 		Short: "Pod creates/s and watch delivery latency against a fresh local server",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(v.GetString("log-level"))
+			v, log, err := setup(cmd)
 			if err != nil {
 				return err
 			}
@@ -79,11 +75,7 @@ func newBenchSchedulerCmd() *cobra.Command {
 		Short: "Pods bound per second by the scheduler, against a fresh local server with simulated nodes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(v.GetString("log-level"))
+			v, log, err := setup(cmd)
 			if err != nil {
 				return err
 			}

@@ -22,11 +22,7 @@ func newDataplaneCmd() *cobra.Command {
 		Short: "Run the eBPF service dataplane on this node (kube-proxy replacement)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(v.GetString("log-level"))
+			v, log, err := setup(cmd)
 			if err != nil {
 				return err
 			}

@@ -76,6 +76,16 @@ func loadConfig(cmd *cobra.Command) (*viper.Viper, error) {
 	return v, nil
 }
 
+// setup reads a command's configuration and makes its logger.
+func setup(cmd *cobra.Command) (*viper.Viper, *slog.Logger, error) {
+	v, err := loadConfig(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := newLogger(v.GetString("log-level"))
+	return v, log, err
+}
+
 func newLogger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
@@ -94,11 +104,7 @@ func newServerCmd() *cobra.Command {
 		Short: "Run the control plane: API server on etcd",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			log, err := newLogger(v.GetString("log-level"))
+			v, log, err := setup(cmd)
 			if err != nil {
 				return err
 			}

@@ -11,12 +11,17 @@ LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build test test-unit test-external-etcd generate generate-check lint demo bench clean
+.PHONY: all build test test-unit test-external-etcd generate generate-check lint demo bench clean images
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(CAPSTAN) ./cmd/capstan
+
+# The test images (capstan.local/echo:1.0, capstan.local/busybox:1.0) as one OCI
+# archive; needs busybox-static. Load: capstan images import bin/images/capstan-test-images.tar
+images:
+	$(GO) run ./test/images/build -o $(BIN)/images/capstan-test-images.tar
 
 # Everything: lint, regenerate BPF objects (must match the committed ones),
 # unit and integration tests (embedded etcd), then the

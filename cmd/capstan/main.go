@@ -47,6 +47,7 @@ func newRoot() *cobra.Command {
 		DisableFlagParsing: true,
 		Run:                func(cmd *cobra.Command, args []string) { os.Exit(runKubectl(args)) },
 	})
+	root.AddCommand(newImagesCmd(), newAgentCmd(), newLogDriverCmd())
 	return root
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 
@@ -35,12 +36,17 @@ type JoinRequest struct {
 	NodeName string `json:"nodeName"`
 	// CSR is a PEM certificate request whose key the node keeps.
 	CSR string `json:"csr"`
+	// ServingCSR, when set, asks for the serving certificate of the node's
+	// agent endpoint (logs, exec, port-forward), valid for Addresses.
+	ServingCSR string   `json:"servingCSR,omitempty"`
+	Addresses  []string `json:"addresses,omitempty"`
 }
 
 // JoinResponse carries the node's certificate and the cluster CA.
 type JoinResponse struct {
-	Certificate string `json:"certificate"`
-	CA          string `json:"ca"`
+	Certificate        string `json:"certificate"`
+	ServingCertificate string `json:"servingCertificate,omitempty"`
+	CA                 string `json:"ca"`
 }
 
 // Authenticator identifies callers by client certificate (signed by the
@@ -230,5 +236,31 @@ func (a *Authenticator) serveJoin(s *Server, w http.ResponseWriter, r *http.Requ
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, JoinResponse{Certificate: string(cert), CA: string(a.CA.CertPEM)})
+	resp := JoinResponse{Certificate: string(cert), CA: string(a.CA.CertPEM)}
+	if req.ServingCSR != "" {
+		block, _ := pem.Decode([]byte(req.ServingCSR))
+		if block == nil {
+			s.writeError(w, r, badRequest("join request: servingCSR is not PEM"))
+			return
+		}
+		scsr, err := x509.ParseCertificateRequest(block.Bytes)
+		if err != nil || scsr.CheckSignature() != nil {
+			s.writeError(w, r, badRequest("join request: invalid servingCSR"))
+			return
+		}
+		hosts := append([]string{req.NodeName}, req.Addresses...)
+		for _, h := range req.Addresses {
+			if net.ParseIP(h) == nil {
+				s.writeError(w, r, badRequest("join request: address %q is not an IP address", h))
+				return
+			}
+		}
+		serving, err := a.CA.Sign(scsr.PublicKey, NodeUserPrefix+req.NodeName, []string{GroupNodes}, true, hosts)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		resp.ServingCertificate = string(serving)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }

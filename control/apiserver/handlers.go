@@ -1,11 +1,13 @@
 package apiserver
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -86,6 +88,15 @@ func (w *warningWriter) WriteHeader(code int) {
 		w.wrote = true
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection, which the
+// node proxy hijacks for exec, attach and port-forward.
+func (w *warningWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack hands the connection to an upgrading proxy.
+func (w *warningWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
 func (w *warningWriter) Flush() {

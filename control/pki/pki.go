@@ -262,3 +262,41 @@ func WriteKubeconfig(path string, k Kubeconfig) error {
 	}
 	return WriteFileAtomic(path, data, 0o600)
 }
+
+// NewCSR makes a key and a PEM certificate request for it, for a node
+// asking the cluster CA for a certificate it keeps the key of.
+func NewCSR(cn string, orgs []string) (csrPEM, keyPEMBytes []byte, err error) {
+	key, err := newKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: cn, Organization: orgs},
+	}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certificate request: %w", err)
+	}
+	keyPEMBytes, err = keyPEM(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), keyPEMBytes, nil
+}
+
+// CertCovers reports whether the PEM certificate at path is signed by the
+// CA in caPEM and valid for every host.
+func CertCovers(path string, caPEM []byte, hosts []string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	c, err := parseCert(data)
+	if err != nil || time.Now().After(c.NotAfter) {
+		return false
+	}
+	ca, err := parseCert(caPEM)
+	if err != nil || c.CheckSignatureFrom(ca) != nil {
+		return false
+	}
+	return covers(c, hosts)
+}

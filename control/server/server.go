@@ -149,8 +149,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	proxy, err := nodeProxy(ca, store, reg, log)
+	if err != nil {
+		return err
+	}
 	api, err := apiserver.New(apiserver.Config{
-		Registry: reg, Store: store, Log: log, Hooks: alloc,
+		Registry: reg, Store: store, Log: log, Hooks: alloc, NodeProxy: proxy,
 		Auth:             &apiserver.Authenticator{CA: ca, JoinToken: token},
 		Metrics:          apiserver.NewMetrics(),
 		BookmarkInterval: cfg.BookmarkInterval,

@@ -51,6 +51,9 @@ func MaybeRunChild() {
 		cfg.Controllers.Enabled = strings.Split(parts[4], ",")
 	}
 	cfg.BindAddress = "127.0.0.1"
+	if len(parts) > 5 && parts[5] != "" {
+		cfg.BindAddress = parts[5]
+	}
 	cfg.Controllers.LeaderElect = true
 	cfg.Controllers.Identity = Identity(cfg.DataDir)
 	cfg.BookmarkInterval = 2 * time.Second
@@ -88,6 +91,9 @@ type Options struct {
 	// EtcdPrefix shares one cluster's keys between servers on one external
 	// etcd (HA tests); empty gives each server its own prefix.
 	EtcdPrefix string
+	// BindAddress is the address the server listens on (default
+	// 127.0.0.1); node tests bind a harness link that node netns reach.
+	BindAddress string
 }
 
 // Server is a running test server.
@@ -132,7 +138,7 @@ func (s *Server) start() {
 	s.t.Helper()
 	os.Remove(s.Kubeconfig)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+s.DataDir+"|"+strings.Join(s.opts.EtcdEndpoints, ",")+"|"+s.opts.CompactionInterval.String()+"|"+s.prefix+"|"+strings.Join(s.controllers(), ","))
+	cmd.Env = append(os.Environ(), childEnv+"="+s.DataDir+"|"+strings.Join(s.opts.EtcdEndpoints, ",")+"|"+s.opts.CompactionInterval.String()+"|"+s.prefix+"|"+strings.Join(s.controllers(), ",")+"|"+s.opts.BindAddress)
 	logf, err := os.Create(filepath.Join(s.DataDir, fmt.Sprintf("server-%d.log", time.Now().UnixNano())))
 	if err != nil {
 		s.t.Fatal(err)

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/capstan-net/capstan/kubelet/agent"
+	"github.com/capstan-net/capstan/kubelet/logs"
+)
+
+func newAgentCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a node: join the cluster and run its pods on containerd (the kubelet)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			var ips []net.IP
+			for _, s := range v.GetStringSlice("node-ip") {
+				ip := net.ParseIP(s)
+				if ip == nil {
+					return fmt.Errorf("--node-ip: %q is not an IP address", s)
+				}
+				ips = append(ips, ip)
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find own binary: %w", err)
+			}
+			self, _ = filepath.EvalSymlinks(self)
+			binDirs := v.GetStringSlice("cni-bin-dir")
+			// A capstan-cni next to this binary (as `make build` leaves
+			// it) is found even when it is not installed.
+			binDirs = append(binDirs, filepath.Dir(self))
+			ctx, cancel := signalContext()
+			defer cancel()
+			return agent.Run(ctx, agent.Config{
+				Server:              v.GetString("server"),
+				Token:               v.GetString("token"),
+				CAFile:              v.GetString("ca-file"),
+				Insecure:            v.GetBool("insecure-skip-ca-verification"),
+				NodeName:            v.GetString("node-name"),
+				NodeIPs:             ips,
+				DataDir:             v.GetString("data-dir"),
+				RunDir:              v.GetString("run-dir"),
+				ContainerdSocket:    v.GetString("containerd-socket"),
+				ContainerdNamespace: v.GetString("containerd-namespace"),
+				CNIConfDir:          v.GetString("cni-conf-dir"),
+				CNIBinDirs:          binDirs,
+				CgroupParent:        v.GetString("cgroup-parent"),
+				Port:                v.GetInt("port"),
+				ImportImages:        v.GetStringSlice("import-images"),
+				RestartBackoff:      v.GetDuration("restart-backoff"),
+				LogDriver:           self,
+				Log:                 log,
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.String("server", "", "API server URL (https://host:port)")
+	f.String("token", "", "join token (the server's data dir has it in join-token); needed only for the first start")
+	f.String("ca-file", "", "cluster CA certificate to trust the server with when joining")
+	f.Bool("insecure-skip-ca-verification", false, "join without verifying the server's certificate (trust on first use)")
+	f.String("node-name", "", "node name (default: the hostname)")
+	f.StringSlice("node-ip", nil, "node InternalIP address(es) (default: detected from the default route)")
+	f.String("data-dir", "/var/lib/capstan", "state directory; this node's is <data-dir>/nodes/<node>")
+	f.String("run-dir", "/run/capstan", "runtime directory; this node's is <run-dir>/<node>")
+	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket")
+	f.String("containerd-namespace", "", "containerd namespace for this node's containers (default capstan-<node>)")
+	f.String("cni-conf-dir", "/etc/cni/net.d", "where the node's CNI configuration is written and read")
+	f.StringSlice("cni-bin-dir", []string{"/opt/cni/bin"}, "directories with CNI plugin binaries")
+	f.String("cgroup-parent", "", "cgroup path for pods (default capstan/<node>)")
+	f.Int("port", 10250, "port of the agent's HTTPS endpoint (logs, exec, port-forward)")
+	f.StringSlice("import-images", nil, "image archives (OCI layout tar) to import into containerd at start-up")
+	f.Duration("restart-backoff", 10*time.Second, "first crash-loop back-off; it doubles up to 5m")
+	return cmd
+}
+
+// newLogDriverCmd is run by containerd's shim for each container, with
+// the container's stdout and stderr on fds 3 and 4.
+func newLogDriverCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "logdriver FILE",
+		Short:  "containerd logging driver writing CRI-format container logs",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return logs.DriverMain(args)
+		},
+	}
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Starts a containerd that belongs to Capstan: its own config, root, state
+# and socket, so it never touches (or depends on) a system containerd.
+# Usage: scripts/containerd.sh start|stop|status
+# The socket is $CAPSTAN_CONTAINERD_SOCKET (default below).
+set -euo pipefail
+
+base=${CAPSTAN_CONTAINERD_DIR:-/run/capstan/containerd}
+root=${CAPSTAN_CONTAINERD_ROOT:-/var/lib/capstan/containerd}
+sock=${CAPSTAN_CONTAINERD_SOCKET:-$base/containerd.sock}
+conf=$base/config.toml
+pidf=$base/containerd.pid
+log=$base/containerd.log
+
+running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
+
+case "${1:-start}" in
+start)
+  if running && [ -S "$sock" ]; then exit 0; fi
+  command -v containerd >/dev/null || { echo "containerd.sh: containerd is not installed (scripts/install-deps.sh)" >&2; exit 1; }
+  mkdir -p "$base" "$root"
+  # The CRI plugin is off: the Capstan agent is the kubelet and drives
+  # containerd through its Go client, one containerd namespace per node.
+  cat >"$conf" <<CONF
+version = 2
+root = "$root"
+state = "$base/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$sock"
+[ttrpc]
+  address = "$sock.ttrpc"
+[plugins."io.containerd.runtime.v1.linux"]
+  shim_debug = false
+CONF
+  nohup containerd --config "$conf" >"$log" 2>&1 &
+  echo $! >"$pidf"
+  for _ in $(seq 1 100); do
+    if [ -S "$sock" ] && ctr --address "$sock" version >/dev/null 2>&1; then exit 0; fi
+    running || { echo "containerd.sh: containerd exited; log:" >&2; tail -20 "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "containerd.sh: containerd did not answer on $sock; log:" >&2; tail -20 "$log" >&2; exit 1
+  ;;
+stop)
+  if running; then kill "$(cat "$pidf")"; fi
+  rm -f "$pidf"
+  ;;
+status)
+  running && echo "containerd running, socket $sock" || { echo "containerd not running"; exit 1; }
+  ;;
+*) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

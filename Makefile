@@ -11,12 +11,15 @@ LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build test test-unit test-external-etcd generate generate-check lint demo bench clean images
+.PHONY: all build containerd test test-unit test-external-etcd generate generate-check lint demo bench clean images
 
 all: build
 
+# capstan, plus the CNI plugin and the per-container log driver beside it.
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(CAPSTAN) ./cmd/capstan
+	$(GO) build -o $(dir $(CAPSTAN))capstan-cni ./cmd/capstan-cni
+	$(GO) build -o $(dir $(CAPSTAN))capstan-logdriver ./cmd/capstan-logdriver
 
 # The test images (capstan.local/echo:1.0, capstan.local/busybox:1.0) as one OCI
 # archive; needs busybox-static. Load: capstan images import bin/images/capstan-test-images.tar
@@ -26,10 +29,15 @@ images:
 # Everything: lint, regenerate BPF objects (must match the committed ones),
 # unit and integration tests (embedded etcd), then the
 # API suite again against a separately started etcd process.
-test: lint generate-check test-unit test-external-etcd
+test: lint generate-check containerd test-unit test-external-etcd
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The project's own containerd (config, state and socket under
+# /run/capstan/containerd) for the node agent's tests.
+containerd:
+	./scripts/containerd.sh start
 
 test-external-etcd:
 	./scripts/test-external-etcd.sh

@@ -120,7 +120,8 @@ func (n *CNINetwork) GC(ctx context.Context, valid []Attachment) error {
 	if err != nil {
 		return err
 	}
-	args := &libcni.GCArgs{}
+	// A non-nil list: an absent one tells the plugin to remove nothing.
+	args := &libcni.GCArgs{ValidAttachments: []cnitypes.GCAttachment{}}
 	for _, a := range valid {
 		args.ValidAttachments = append(args.ValidAttachments, cnitypes.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}

@@ -42,6 +42,8 @@ type podWorker struct {
 	pullFails       map[string]int
 	sandboxErr      string
 	lastPosted      *corev1.PodStatus
+	vols            map[string]string
+	volsAt          time.Time
 	networkTornDown bool
 }
 
@@ -82,7 +84,7 @@ func (w *podWorker) log() *slog.Logger {
 
 // podContainers groups this pod's containers by name, newest attempt first.
 func (w *podWorker) podContainers(ctx context.Context) (map[string][]container.Info, error) {
-	infos, err := w.k.cfg.Runtime.List(ctx)
+	infos, err := w.k.cfg.Runtime.ListPod(ctx, string(w.uid))
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +146,11 @@ func (w *podWorker) sync(ctx context.Context) bool {
 		return false
 	}
 
+	t0 := time.Now()
 	sb, err := w.k.ensureSandbox(ctx, pod)
+	if d := time.Since(t0); d > 50*time.Millisecond {
+		w.log().Debug("sandbox ready", "took", d)
+	}
 	if err != nil {
 		msg := err.Error()
 		if msg != w.sandboxErr {
@@ -155,7 +161,7 @@ func (w *podWorker) sync(ctx context.Context) bool {
 		return false
 	}
 	w.sandboxErr = ""
-	vols, err := w.k.prepareVolumes(ctx, pod)
+	vols, err := w.volumes(ctx, pod)
 	if err != nil {
 		for _, c := range allContainers(pod) {
 			if len(cs[c.Name]) == 0 {
@@ -193,6 +199,24 @@ func (w *podWorker) sync(ctx context.Context) bool {
 	}
 	w.postStatus(ctx, pod, cs, sb)
 	return false
+}
+
+// volumeRefresh is how often configMap and secret volumes are rewritten
+// from the API (upstream's kubelet syncs them about once a minute).
+const volumeRefresh = time.Minute
+
+// volumes prepares the pod's volumes the first time and refreshes them
+// every volumeRefresh, so a syncing pod does not read the API every second.
+func (w *podWorker) volumes(ctx context.Context, pod *corev1.Pod) (map[string]string, error) {
+	if w.vols != nil && time.Since(w.volsAt) < volumeRefresh {
+		return w.vols, nil
+	}
+	vols, err := w.k.prepareVolumes(ctx, pod)
+	if err != nil {
+		return nil, err
+	}
+	w.vols, w.volsAt = vols, time.Now()
+	return vols, nil
 }
 
 func first(list []container.Info) *container.Info {
@@ -362,6 +386,7 @@ func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 	if isInit {
 		labels[container.LabelInit] = "true"
 	}
+	t0 := time.Now()
 	if err := rt.Create(ctx, id, img, labels, opts); err != nil {
 		w.waits[c.Name] = waiting{"CreateContainerError", err.Error()}
 		w.k.event(pod, corev1.EventTypeWarning, "Failed", "Error: %v", err)
@@ -374,6 +399,7 @@ func (w *podWorker) start(ctx context.Context, pod *corev1.Pod, c *corev1.Contai
 		return
 	}
 	delete(w.waits, c.Name)
+	w.log().Debug("container started", "container", c.Name, "took", time.Since(t0))
 	w.k.event(pod, corev1.EventTypeNormal, "Started", "Started container %s", c.Name)
 }
 

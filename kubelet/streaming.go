@@ -52,7 +52,7 @@ func (s *Streaming) PodUID(namespace, name string) (types.UID, error) {
 
 // instances returns a container's instances in the pod, newest first.
 func (s *Streaming) instances(ctx context.Context, uid types.UID, name string) ([]container.Info, error) {
-	infos, err := s.k.cfg.Runtime.List(ctx)
+	infos, err := s.k.cfg.Runtime.ListPod(ctx, string(uid))
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   etcd-server      # external-etcd variant of the API integration tests
   clang llvm libbpf-dev bpftool linux-libc-dev  # BPF programs (make generate)
-  iproute2 iptables
+  iproute2 iptables util-linux  # netns, veth; nsenter runs node agents in their netns
+  containerd runc busybox-static  # the node agent's runtime and the test images
 )
 
 missing=()
@@ -24,6 +25,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # Debian starts etcd as a service on install; our tests start their own.
   if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+  # Likewise containerd: Capstan runs its own (scripts/containerd.sh).
+  if [[ " ${missing[*]} " == *" containerd "* ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now containerd >/dev/null 2>&1 || true
   fi
 fi
 command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/dl)" >&2; exit 1; }

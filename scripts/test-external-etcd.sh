@@ -25,5 +25,5 @@ done
 echo "external etcd on 127.0.0.1:$cport ($("$ETCD" --version | head -1))"
 # One package at a time: tests share this etcd, and compaction is global.
 rc=0
-CAPSTAN_TEST_ETCD="http://127.0.0.1:$cport" ${GO:-go} test -p 1 -count=1 -timeout 15m ${CAPSTAN_EXTERNAL_ETCD_PKGS:-./test/integration/... ./control/storage/... ./control/registry/...} || rc=$?
+CAPSTAN_TEST_ETCD="http://127.0.0.1:$cport" ${GO:-go} test -p 1 -count=1 -timeout 15m ${CAPSTAN_EXTERNAL_ETCD_PKGS:-./test/integration/api/... ./test/integration/control/... ./test/integration/ha/... ./test/integration/scheduler/... ./control/storage/... ./control/registry/...} || rc=$?
 exit $rc

@@ -36,6 +36,13 @@ func newAgentCmd() *cobra.Command {
 				return fmt.Errorf("find own binary: %w", err)
 			}
 			self, _ = filepath.EvalSymlinks(self)
+			// The small log driver next to this binary starts far faster
+			// than capstan itself, once per container; fall back to
+			// `capstan logdriver`.
+			logDriver := filepath.Join(filepath.Dir(self), "capstan-logdriver")
+			if _, err := os.Stat(logDriver); err != nil {
+				logDriver = self
+			}
 			binDirs := v.GetStringSlice("cni-bin-dir")
 			// A capstan-cni next to this binary (as `make build` leaves
 			// it) is found even when it is not installed.
@@ -59,7 +66,7 @@ func newAgentCmd() *cobra.Command {
 				Port:                v.GetInt("port"),
 				ImportImages:        v.GetStringSlice("import-images"),
 				RestartBackoff:      v.GetDuration("restart-backoff"),
-				LogDriver:           self,
+				LogDriver:           logDriver,
 				Log:                 log,
 			})
 		},

@@ -5,13 +5,16 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/capstan-net/capstan/control/scheduler"
 	"github.com/capstan-net/capstan/control/server"
 	"github.com/capstan-net/capstan/test/bench/apibench"
+	"github.com/capstan-net/capstan/test/bench/podbench"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -65,7 +68,7 @@ func newBenchCmd() *cobra.Command {
 	f.String("data-dir", "", "server data dir (default: a temporary directory)")
 	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	f.Bool("json", false, "use JSON instead of protobuf on the wire")
-	cmd.AddCommand(api, newBenchSchedulerCmd())
+	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd())
 	return cmd
 }
 
@@ -117,4 +120,51 @@ func newBenchSchedulerCmd() *cobra.Command {
 	c.Flags().Int("pods", 5000, "pods to schedule")
 	c.Flags().Int("nodes", 100, "simulated nodes")
 	return c
+}
+
+func newBenchPodsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pods",
+		Short: "Create-to-Running latency (p50, p99) of pods on one node of the current cluster",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			kc := v.GetString("kubeconfig")
+			if kc == "" {
+				kc = defaultKubeconfig()
+			}
+			rc, err := clientcmd.BuildConfigFromFlags("", kc)
+			if err != nil {
+				return fmt.Errorf("kubeconfig %s: %w", kc, err)
+			}
+			rc.QPS, rc.Burst = 200, 400
+			cs, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			res, err := podbench.Run(ctx, cs, podbench.Config{
+				Pods: v.GetInt("pods"), Node: v.GetString("node"), Image: v.GetString("image"),
+				Parallel: v.GetInt("parallel"), Timeout: v.GetDuration("timeout"), Rate: v.GetFloat64("rate"),
+			}, log)
+			if err != nil {
+				return fmt.Errorf("bench pods: %w", err)
+			}
+			res.Print(os.Stdout)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.String("kubeconfig", "", "cluster to measure (default: as capstan kubectl finds it)")
+	f.Int("pods", 50, "pods to start")
+	f.String("node", "", "node to run them on (default: the first Ready node)")
+	f.String("image", "capstan.local/echo:1.0", "image of the pods (must be on the node)")
+	f.Int("parallel", 10, "concurrent create calls")
+	f.Float64("rate", 5, "pods created per second (0: all at once)")
+	f.Duration("timeout", 5*time.Minute, "give up after this long")
+	return cmd
 }

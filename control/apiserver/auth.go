@@ -179,7 +179,9 @@ func (a *Authenticator) nodeMay(s *Server, r *http.Request, ri reqInfo, node str
 		}
 		pod := &corev1.Pod{}
 		if err := s.store.Get(r.Context(), ri.res.Key(ri.namespace, ri.name), pod); err != nil {
-			return false
+			// Deleting a pod that is already gone reveals nothing and
+			// writes nothing: let it reach its 404.
+			return apierrors.IsNotFound(err) && ri.verb == "delete"
 		}
 		return pod.Spec.NodeName == node
 	}

@@ -325,7 +325,10 @@ func (p *nodeProxy) streamLog(w http.ResponseWriter, r *http.Request, loc *url.U
 	}
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(http.StatusOK)
-	var flusher http.Flusher
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := resp.Body.Read(buf)

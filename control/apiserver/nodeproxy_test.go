@@ -218,7 +218,7 @@ func startProxy(t *testing.T) *proxyEnv {
 
 func (e *proxyEnv) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(e.front.URL + path)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(e.front.URL + path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,8 @@ func TestNodeProxyLogFollowStreams(t *testing.T) {
 		}
 		io.WriteString(w, "line 2\n")
 	}
-	resp, err := http.Get(e.front.URL + "/api/v1/namespaces/ns/pods/web/log?follow=true")
+	// The timeout also fails a proxy that holds back the headers.
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(e.front.URL + "/api/v1/namespaces/ns/pods/web/log?follow=true")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,7 @@ const (
 	LabelInit         = "io.capstan.container.init"
 	LabelLogPath      = "io.capstan.container.log"
 	LabelImage        = "io.capstan.container.image"
+	LabelImageDigest  = "io.capstan.container.image-digest"
 	LabelCreated      = "io.capstan.container.created"
 	LabelStarted      = "io.capstan.container.started"
 	LabelFinished     = "io.capstan.container.finished"
@@ -195,6 +196,7 @@ func (r *Runtime) Create(ctx context.Context, id string, img client.Image, label
 	ctx = r.ctx(ctx)
 	labels[LabelCreated] = time.Now().UTC().Format(time.RFC3339Nano)
 	labels[LabelImage] = img.Name()
+	labels[LabelImageDigest] = img.Target().Digest.String()
 	specOpts := append([]oci.SpecOpts{oci.WithImageConfig(img)}, opts...)
 	_, err := r.cfg.Client.NewContainer(ctx, id,
 		client.WithImage(img),
@@ -338,8 +340,17 @@ func (r *Runtime) Adopt(ctx context.Context) error {
 
 // List returns the node's containers.
 func (r *Runtime) List(ctx context.Context) ([]Info, error) {
+	return r.list(ctx)
+}
+
+// ListPod returns the containers of one pod, filtered by containerd.
+func (r *Runtime) ListPod(ctx context.Context, podUID string) ([]Info, error) {
+	return r.list(ctx, fmt.Sprintf(`labels.%q==%q`, LabelPodUID, podUID))
+}
+
+func (r *Runtime) list(ctx context.Context, filters ...string) ([]Info, error) {
 	ctx = r.ctx(ctx)
-	cs, err := r.cfg.Client.Containers(ctx)
+	cs, err := r.cfg.Client.Containers(ctx, filters...)
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
@@ -391,9 +402,7 @@ func (r *Runtime) describe(ctx context.Context, c client.Container, ci container
 	info.Created = parseTime(l[LabelCreated])
 	info.Started = parseTime(l[LabelStarted])
 	info.Finished = parseTime(l[LabelFinished])
-	if img, err := c.Image(ctx); err == nil {
-		info.ImageID = img.Target().Digest.String()
-	}
+	info.ImageID = l[LabelImageDigest]
 	if v, ok := l[LabelExitCode]; ok {
 		info.State = StateExited
 		info.ExitCode, _ = strconv.Atoi(v)

@@ -166,7 +166,7 @@ func httpClient(t *testing.T, cfg *rest.Config) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 10 * time.Second}
 }
 
 // writeLog appends lines to a log file through the logs writer.

@@ -67,11 +67,10 @@ func run(m *testing.M) int {
 	}
 	repoRoot = filepath.Dir(strings.TrimSpace(string(gomod)))
 	capstanBin = filepath.Join(dir, "capstan")
-	cniBin = filepath.Join(dir, "cni")
+	cniBin = dir // make build puts capstan-cni beside capstan
 	imagesTar = filepath.Join(dir, "images.tar")
 	steps := []*exec.Cmd{
 		exec.Command("make", "-s", "build", "CAPSTAN="+capstanBin),
-		exec.Command("go", "build", "-o", filepath.Join(cniBin, "capstan-cni"), "./cmd/capstan-cni"),
 	}
 	for _, c := range steps {
 		c.Dir = repoRoot

@@ -1,10 +1,15 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -158,6 +163,41 @@ func TestNode(t *testing.T) {
 		}
 	})
 
+	t.Run("port-forward through kubectl", func(t *testing.T) {
+		cmd := exec.Command(capstanBin, "kubectl", "port-forward", "pod/web", ":8080")
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+n.srv.Kubeconfig)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = cmd.Stdout
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { cmd.Process.Kill(); cmd.Wait() }()
+		// "Forwarding from 127.0.0.1:NNNNN -> 8080"
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			t.Fatalf("port-forward said %q: %v", line, err)
+		}
+		addr := ""
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "Forwarding" {
+			addr = f[2]
+		}
+		if addr == "" {
+			t.Fatalf("port-forward said %q", line)
+		}
+		resp, err := http.Get("http://" + addr + "/hostname")
+		if err != nil {
+			t.Fatalf("GET through port-forward: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.TrimSpace(string(body)) != "web" {
+			t.Fatalf("GET /hostname through port-forward = %q", body)
+		}
+	})
+
 	t.Run("readiness probe flips Ready", func(t *testing.T) {
 		if out, err := n.kubectl("exec", "web", "--", "touch", "/tmp/not-ready"); err != nil {
 			t.Fatalf("%v %s", err, out)
@@ -234,6 +274,25 @@ func TestNode(t *testing.T) {
 		if body, err := n.httpGet(net.JoinHostPort(podIP, "8080"), "/hostname"); err != nil || strings.TrimSpace(body) != "web" {
 			t.Fatalf("after restart GET /hostname = %q, %v", body, err)
 		}
+	})
+
+	t.Run("pods deleted while the agent is down are cleaned up", func(t *testing.T) {
+		p, err := pods.Get(ctx, "crash", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid := string(p.UID)
+		n.stopAgent(false)
+		zero := int64(0)
+		if err := pods.Delete(ctx, "crash", metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+			t.Fatal(err)
+		}
+		n.startAgent(false)
+		n.eventually(30*time.Second, "crash's containers and netns removed", func() (bool, string) {
+			ids := n.podContainers(uid)
+			_, err := os.Stat(filepath.Join(n.dir, "run", n.name, "netns", uid))
+			return len(ids) == 0 && os.IsNotExist(err), fmt.Sprintf("containers %v, netns stat err %v", ids, err)
+		})
 	})
 
 	t.Run("delete removes containers, netns, veth and IP", func(t *testing.T) {

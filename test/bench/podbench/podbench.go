@@ -28,8 +28,8 @@ type Config struct {
 	Parallel int // concurrent creates
 	// Rate is pods created per second (0: all at once, limited only by
 	// Parallel). Upstream's kubelet density tests pace creation the same way.
-	Rate float64
-	Timeout  time.Duration
+	Rate    float64
+	Timeout time.Duration
 }
 
 // Result holds the latencies, sorted.

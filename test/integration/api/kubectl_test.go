@@ -125,7 +125,7 @@ func TestKubectl(t *testing.T) {
 	out = k.ok("get", "deployments,services,configmaps", "-o", "wide")
 	expect(t, "get -o wide", out,
 		`NAME\s+READY\s+UP-TO-DATE\s+AVAILABLE\s+AGE\s+CONTAINERS\s+IMAGES\s+SELECTOR`,
-		`deployment.apps/hello\s+0/2\s+0\s+0\s+\S+\s+echo\s+capstan.local/echo:latest\s+app=hello`,
+		`deployment.apps/hello\s+0/2\s+0\s+0\s+\S+\s+echo\s+capstan.local/echo:1.0\s+app=hello`,
 		`service/hello\s+NodePort\s+`+ip+`\s+<none>\s+80:30080/TCP\s+\S+\s+app=hello`,
 		`configmap/hello-config\s+1\s+`)
 
@@ -142,7 +142,7 @@ func TestKubectl(t *testing.T) {
 		t.Errorf("diff or dry-run changed the live deployment: replicas %d", *live.Spec.Replicas)
 	}
 	if d.Kind != "Deployment" || d.APIVersion != "apps/v1" || d.Name != "hello" || d.ResourceVersion != live.ResourceVersion ||
-		*d.Spec.Replicas != 2 || d.Spec.Template.Spec.Containers[0].Image != "capstan.local/echo:latest" ||
+		*d.Spec.Replicas != 2 || d.Spec.Template.Spec.Containers[0].Image != "capstan.local/echo:1.0" ||
 		d.Annotations["kubectl.kubernetes.io/last-applied-configuration"] == "" {
 		t.Errorf("get -o yaml gave an unexpected Deployment:\n%s", out)
 	}
@@ -153,7 +153,7 @@ func TestKubectl(t *testing.T) {
 
 	out = k.ok("describe", "deployment", "hello")
 	expect(t, "describe deployment", out, `Name:\s+hello`, `Namespace:\s+`+ns, `Selector:\s+app=hello`,
-		`Replicas:\s+2 desired \| 0 updated \| 0 total \| 0 available \| 0 unavailable`, `Image:\s+capstan.local/echo:latest`,
+		`Replicas:\s+2 desired \| 0 updated \| 0 total \| 0 available \| 0 unavailable`, `Image:\s+capstan.local/echo:1.0`,
 		`hello-config\s+ConfigMap`)
 	out = k.ok("describe", "service", "hello")
 	expect(t, "describe service", out, `Type:\s+NodePort`, `IP:\s+`+ip, `NodePort:\s+http\s+30080/TCP`, `TargetPort:\s+http/TCP`)
@@ -180,7 +180,7 @@ func TestKubectl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := live.Spec.Template.Spec.Containers; len(c) != 1 || c[0].Image != "capstan.local/echo:v2" || strings.Join(c[0].Args, " ") != "serve --http=8080" {
+	if c := live.Spec.Template.Spec.Containers; len(c) != 1 || c[0].Image != "capstan.local/echo:v2" || strings.Join(c[0].Args, " ") != "serve --http-port=8080" {
 		t.Errorf("after strategic patch: containers %+v", c)
 	}
 	// Merge patch: maps merge.
@@ -216,8 +216,8 @@ func TestKubectl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *live.Spec.Replicas != 2 || live.Spec.Template.Spec.Containers[0].Image != "capstan.local/echo:latest" {
-		t.Errorf("after forced apply: replicas %d image %s, want 2 and echo:latest", *live.Spec.Replicas, live.Spec.Template.Spec.Containers[0].Image)
+	if *live.Spec.Replicas != 2 || live.Spec.Template.Spec.Containers[0].Image != "capstan.local/echo:1.0" {
+		t.Errorf("after forced apply: replicas %d image %s, want 2 and echo:1.0", *live.Spec.Replicas, live.Spec.Template.Spec.Containers[0].Image)
 	}
 	applied := false
 	for _, mf := range live.ManagedFields {

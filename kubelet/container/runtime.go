@@ -521,6 +521,14 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd []string, tty bool, s
 	if stderr == nil {
 		stderr = io.Discard
 	}
+	// The process's stdin closes only when the shim is told to: do that
+	// once the caller's stdin has ended and been copied (as containerd's
+	// CRI exec does).
+	var stdinDone chan struct{}
+	if stdin != nil {
+		stdinDone = make(chan struct{})
+		stdin = &eofNotifier{r: stdin, done: stdinDone}
+	}
 	opts := []cio.Opt{cio.WithStreams(stdin, stdout, stderr)}
 	if tty {
 		opts = append(opts, cio.WithTerminal)
@@ -540,6 +548,14 @@ func (r *Runtime) Exec(ctx context.Context, id string, cmd []string, tty bool, s
 	}
 	if stdin == nil {
 		p.CloseIO(ctx, client.WithStdinCloser)
+	} else {
+		go func() {
+			select {
+			case <-stdinDone:
+				p.CloseIO(ctx, client.WithStdinCloser)
+			case <-ctx.Done():
+			}
+		}()
 	}
 	for {
 		select {
@@ -586,4 +602,19 @@ func NetworkNamespace(path string) oci.SpecOpts {
 // ImageSpec returns an image's OCI config (entrypoint, cmd, env, user).
 func (r *Runtime) ImageSpec(ctx context.Context, img client.Image) (ocispec.Image, error) {
 	return img.Spec(r.ctx(ctx))
+}
+
+// eofNotifier closes done when its reader reaches the end (or fails).
+type eofNotifier struct {
+	r    io.Reader
+	done chan struct{}
+	once sync.Once
+}
+
+func (e *eofNotifier) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil {
+		e.once.Do(func() { close(e.done) })
+	}
+	return n, err
 }

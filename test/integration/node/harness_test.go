@@ -243,7 +243,10 @@ func (n *node) eventually(timeout time.Duration, what string, cond func() (bool,
 
 // kubectl runs the real kubectl (embedded in capstan) as the admin.
 func (n *node) kubectl(args ...string) (string, error) {
-	cmd := exec.Command(capstanBin, append([]string{"kubectl"}, args...)...)
+	// A hung stream must fail the test, not stall it.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, capstanBin, append([]string{"kubectl"}, args...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+n.srv.Kubeconfig)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -146,6 +146,16 @@ func TestNode(t *testing.T) {
 		if strings.TrimSpace(out) != want {
 			t.Fatalf("exec output %q, want %q", out, want)
 		}
+		// stdin reaches the command (kubectl exec -i).
+		ictx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ictx, capstanBin, "kubectl", "exec", "-i", "web", "-c", "echo", "--", "sh", "-c", "tr a-z A-Z")
+		cmd.Env = append(os.Environ(), "KUBECONFIG="+n.srv.Kubeconfig)
+		cmd.Stdin = strings.NewReader("piped through stdin\n")
+		piped, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(piped)) != "PIPED THROUGH STDIN" {
+			t.Fatalf("exec -i: %v %q", err, piped)
+		}
 		out, err = n.kubectl("exec", "web", "--", "sh", "-c", "exit 7")
 		if err == nil || !strings.Contains(out, "exit code 7") {
 			t.Fatalf("exec exit 7: err=%v out=%q", err, out)
@@ -254,6 +264,35 @@ func TestNode(t *testing.T) {
 		if err != nil || !strings.Contains(out, "crashing") {
 			t.Fatalf("logs --previous: %v %q", err, out)
 		}
+	})
+
+	t.Run("logs -f follows until the container exits", func(t *testing.T) {
+		ticker := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "ticker"},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
+				Name: "c", Image: "capstan.local/busybox:1.0",
+				Command: []string{"sh", "-c", "for i in 1 2 3; do echo tick $i; sleep 1; done"},
+			}}},
+		}
+		if _, err := pods.Create(ctx, ticker, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		n.eventually(30*time.Second, "ticker Running", func() (bool, string) {
+			p, err := pods.Get(ctx, "ticker", metav1.GetOptions{})
+			return err == nil && p.Status.Phase == corev1.PodRunning, statusSummary(p)
+		})
+		start := time.Now()
+		out, err := n.kubectl("logs", "-f", "ticker")
+		if err != nil || !strings.Contains(out, "tick 1\ntick 2\ntick 3") {
+			t.Fatalf("logs -f: %v %q", err, out)
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("logs -f took %v to end after the container exited", time.Since(start))
+		}
+		n.eventually(30*time.Second, "ticker Succeeded", func() (bool, string) {
+			p, err := pods.Get(ctx, "ticker", metav1.GetOptions{})
+			return err == nil && p.Status.Phase == corev1.PodSucceeded, statusSummary(p)
+		})
 	})
 
 	t.Run("agent restart adopts running pods", func(t *testing.T) {

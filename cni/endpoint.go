@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
 // Endpoint is the record ADD leaves in the node's endpoints directory, at
@@ -85,26 +87,7 @@ func writeEndpoint(dir string, ep *Endpoint) error {
 		return err
 	}
 	name := EndpointFileName(ep.ContainerID, ep.IfName)
-	f, err := os.CreateTemp(dir, ".tmp-"+name+"-")
-	if err != nil {
-		return fmt.Errorf("write endpoint: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := atomicfile.Write(filepath.Join(dir, name), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write endpoint: %w", err)
 	}
 	return nil

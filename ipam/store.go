@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
 var (
@@ -41,7 +43,7 @@ const DefaultLockTimeout = 30 * time.Second
 const (
 	lockFile   = "lock"
 	lastPrefix = "last-"
-	tmpPrefix  = ".tmp-"
+	tmpPrefix  = atomicfile.TempPrefix
 )
 
 // Attachment names one interface of one container: the CNI (CNI_CONTAINERID, CNI_IFNAME) pair.
@@ -340,40 +342,12 @@ func sorted(held map[netip.Addr]Attachment) []Allocation {
 
 // writeAtomic writes data to dir/name through a synced temporary file and a rename.
 func writeAtomic(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, tmpPrefix+name+"-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
+	return atomicfile.Write(filepath.Join(dir, name), data, 0o644)
 }
 
 func removeFile(dir, name string) error {
 	if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(dir)
 }

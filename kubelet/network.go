@@ -15,7 +15,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/capstan-net/capstan/control/pki"
+	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
 // Attachment names one pod network attachment (CNI container ID + ifname).
@@ -153,7 +153,7 @@ func WriteCNIConfig(confDir, podCIDR, ipamDir, endpointsDir string, mtu int) (bo
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		return false, fmt.Errorf("cni conf dir: %w", err)
 	}
-	if err := pki.WriteFileAtomic(path, data, 0o644); err != nil {
+	if err := atomicfile.Write(path, data, 0o644); err != nil {
 		return false, fmt.Errorf("write cni config: %w", err)
 	}
 	return true, nil

@@ -12,7 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/capstan-net/capstan/control/pki"
+	"github.com/capstan-net/capstan/internal/atomicfile"
 	"github.com/capstan-net/capstan/kubelet/netns"
 )
 
@@ -99,7 +99,7 @@ func (k *Kubelet) ensureSandbox(ctx context.Context, pod *corev1.Pod) (*sandbox,
 		}
 	}
 	data, _ := json.Marshal(s)
-	if err := pki.WriteFileAtomic(k.sandboxFile(pod.UID), data, 0o640); err != nil {
+	if err := atomicfile.Write(k.sandboxFile(pod.UID), data, 0o640); err != nil {
 		return nil, fmt.Errorf("sandbox record: %w", err)
 	}
 	return &s, nil

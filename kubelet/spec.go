@@ -17,7 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/kubernetes/third_party/forked/golang/expansion"
 
-	"github.com/capstan-net/capstan/control/pki"
+	"github.com/capstan-net/capstan/internal/atomicfile"
 	"github.com/capstan-net/capstan/kubelet/container"
 )
 
@@ -301,7 +301,7 @@ func (k *Kubelet) containerMounts(pod *corev1.Pod, c *corev1.Container, sb *sand
 		for _, ip := range sb.IPs {
 			fmt.Fprintf(&b, "%s\t%s\n", ip, hostname)
 		}
-		if err := pki.WriteFileAtomic(hosts, []byte(b.String()), 0o644); err != nil {
+		if err := atomicfile.Write(hosts, []byte(b.String()), 0o644); err != nil {
 			return nil, err
 		}
 		mounts = append(mounts, specs.Mount{Destination: "/etc/hosts", Type: "bind", Source: hosts, Options: []string{"rbind", "rprivate", "rw"}})

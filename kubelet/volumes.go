@@ -11,7 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/capstan-net/capstan/control/pki"
+	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
 // prepareVolumes makes the pod's volumes on disk and returns each volume's
@@ -136,7 +136,7 @@ func writeKeys(dir string, data map[string][]byte, items []corev1.KeyToPath, def
 		if old, err := os.ReadFile(p); err == nil && string(old) == string(val) {
 			return os.Chmod(p, m)
 		}
-		return pki.WriteFileAtomic(p, val, m)
+		return atomicfile.Write(p, val, m)
 	}
 	if len(items) == 0 {
 		for key, val := range data {

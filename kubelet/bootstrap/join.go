@@ -22,6 +22,7 @@ import (
 
 	"github.com/capstan-net/capstan/control/apiserver"
 	"github.com/capstan-net/capstan/control/pki"
+	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
 // Credentials are the files a joined node uses.
@@ -130,7 +131,7 @@ func Join(ctx context.Context, opts Options) (*Credentials, error) {
 		{creds.ServingKey, skey, 0o600},
 		{creds.ServingCert, []byte(jr.ServingCertificate), 0o644},
 	} {
-		if err := pki.WriteFileAtomic(f.path, f.data, f.mode); err != nil {
+		if err := atomicfile.Write(f.path, f.data, f.mode); err != nil {
 			return nil, err
 		}
 	}

@@ -7,12 +7,10 @@ package api_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/capstan-net/capstan/control/server/servertest"
+	"github.com/capstan-net/capstan/test/integration/testbin"
 )
 
 // capstanBin is the `capstan` binary built once for the kubectl tests,
@@ -31,27 +29,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "go env GOMOD:", err)
+	if repoRoot, err = testbin.RepoRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	repoRoot = filepath.Dir(strings.TrimSpace(string(gomod)))
-	capstanBin = filepath.Join(dir, "capstan")
-	if err := buildCapstan(repoRoot, capstanBin); err != nil {
+	if capstanBin, err = testbin.Build(repoRoot, dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()
-}
-
-// buildCapstan builds ./cmd/capstan of the module at root.
-func buildCapstan(root, out string) error {
-	// The Makefile's build, so kubectl reports its real version.
-	cmd := exec.Command("make", "-s", "build", "CAPSTAN="+out)
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build capstan: %v\n%s", err, b)
-	}
-	return nil
 }

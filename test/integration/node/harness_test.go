@@ -30,6 +30,7 @@ import (
 
 	"github.com/capstan-net/capstan/control/server/servertest"
 	"github.com/capstan-net/capstan/test/images/imagebuild"
+	"github.com/capstan-net/capstan/test/integration/testbin"
 )
 
 var (
@@ -60,25 +61,16 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "go env GOMOD:", err)
+	if repoRoot, err = testbin.RepoRoot(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	repoRoot = filepath.Dir(strings.TrimSpace(string(gomod)))
-	capstanBin = filepath.Join(dir, "capstan")
+	if capstanBin, err = testbin.Build(repoRoot, dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	cniBin = dir // make build puts capstan-cni beside capstan
 	imagesTar = filepath.Join(dir, "images.tar")
-	steps := []*exec.Cmd{
-		exec.Command("make", "-s", "build", "CAPSTAN="+capstanBin),
-	}
-	for _, c := range steps {
-		c.Dir = repoRoot
-		if out, err := c.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "%v: %v\n%s", c.Args, err, out)
-			return 1
-		}
-	}
 	wd, _ := os.Getwd()
 	os.Chdir(repoRoot)
 	err = imagebuild.WriteFile(context.Background(), imagebuild.Options{}, imagesTar)

@@ -19,6 +19,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -64,6 +65,8 @@ func TestNode(t *testing.T) {
 			Containers: []corev1.Container{{
 				Name: "echo", Image: "capstan.local/echo:1.0", Args: []string{"serve"},
 				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{
+					corev1.ResourceMemory: resource.MustParse("64Mi"), corev1.ResourceCPU: resource.MustParse("500m")}},
 				Env: []corev1.EnvVar{
 					{Name: "MY_POD", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 					{Name: "MY_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}},
@@ -128,6 +131,26 @@ func TestNode(t *testing.T) {
 	}
 	startedID := cst.ContainerID
 	podIP := pod.Status.PodIP
+
+	t.Run("resources become cgroup limits", func(t *testing.T) {
+		id := strings.TrimPrefix(startedID, "containerd://")
+		dir := filepath.Join("capstan", n.name, "pod"+string(pod.UID), id)
+		for file, want := range map[string]string{
+			"/sys/fs/cgroup/memory/" + dir + "/memory.limit_in_bytes": "67108864",
+			"/sys/fs/cgroup/cpu/" + dir + "/cpu.cfs_quota_us":         "50000",
+		} {
+			got, err := os.ReadFile(file)
+			if err != nil {
+				// cgroup v2: memory.max and cpu.max instead.
+				if v2, err2 := os.ReadFile("/sys/fs/cgroup/" + dir + "/memory.max"); err2 == nil && strings.Contains(file, "memory") {
+					got, err = v2, nil
+				}
+			}
+			if err != nil || strings.TrimSpace(string(got)) != want {
+				t.Errorf("%s = %q, %v; want %s", file, got, err, want)
+			}
+		}
+	})
 
 	t.Run("served on the pod IP inside the node", func(t *testing.T) {
 		body, err := n.httpGet(net.JoinHostPort(podIP, "8080"), "/hostname")
@@ -264,6 +287,29 @@ func TestNode(t *testing.T) {
 		if err != nil || !strings.Contains(out, "crashing") {
 			t.Fatalf("logs --previous: %v %q", err, out)
 		}
+	})
+
+	t.Run("a container over its memory limit is OOMKilled", func(t *testing.T) {
+		oom := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "oom"},
+			Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{
+				Name: "c", Image: "capstan.local/busybox:1.0",
+				// tail keeps its whole input when there is no newline.
+				Command:   []string{"sh", "-c", "head -c 200m /dev/zero | tail"},
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("24Mi")}},
+			}}},
+		}
+		if _, err := pods.Create(ctx, oom, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		n.eventually(60*time.Second, "oom Failed with OOMKilled", func() (bool, string) {
+			p, err := pods.Get(ctx, "oom", metav1.GetOptions{})
+			if err != nil || len(p.Status.ContainerStatuses) == 0 {
+				return false, "no status"
+			}
+			st := p.Status.ContainerStatuses[0].State.Terminated
+			return p.Status.Phase == corev1.PodFailed && st != nil && st.Reason == "OOMKilled", statusSummary(p)
+		})
 	})
 
 	t.Run("logs -f follows until the container exits", func(t *testing.T) {

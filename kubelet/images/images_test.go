@@ -109,6 +109,7 @@ func removeNamespace(ctx context.Context, c *client.Client, ns string) error {
 	var nerr error
 	for range 50 {
 		if nerr = c.NamespaceService().Delete(ctx, ns); nerr == nil || errdefs.IsNotFound(nerr) {
+			removeCgroups(ns)
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -354,4 +355,20 @@ func stripNames(t *testing.T, archive []byte) []byte {
 		t.Fatal(err)
 	}
 	return out.Bytes()
+}
+
+// removeCgroups removes the (empty) cgroup directories runc made for the
+// namespace's containers (containerd's default path is /<namespace>/<id>).
+func removeCgroups(ns string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", ns))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", ns))
+	for _, d := range dirs {
+		subs, _ := os.ReadDir(d)
+		for _, s := range subs {
+			if s.IsDir() {
+				os.Remove(filepath.Join(d, s.Name()))
+			}
+		}
+		os.Remove(d)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -95,6 +96,8 @@ type node struct {
 	dir      string
 	agent    *exec.Cmd
 	agentLog *os.File
+	// agentThread keeps the thread that forked the agent alive.
+	agentThread chan struct{}
 }
 
 func startNode(t *testing.T) *node {
@@ -165,7 +168,18 @@ func (n *node) startAgent(first bool) {
 	}
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
+	// If the test binary dies (a -timeout panic runs no cleanup), the
+	// agent must die too: Pdeathsig fires when the forking thread ends, so
+	// fork from a locked thread that lives until stopAgent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	started := make(chan error)
+	n.agentThread = make(chan struct{})
+	go func(release <-chan struct{}) {
+		runtime.LockOSThread()
+		started <- cmd.Start()
+		<-release
+	}(n.agentThread)
+	if err := <-started; err != nil {
 		t.Fatalf("start agent: %v", err)
 	}
 	n.agent, n.agentLog = cmd, logf
@@ -191,6 +205,7 @@ func (n *node) stopAgent(kill bool) {
 	}
 	n.agent = nil
 	n.agentLog.Close()
+	close(n.agentThread)
 }
 
 func (n *node) agentLogText() string {

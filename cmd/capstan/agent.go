@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/capstan-net/capstan/dataplane/daemon"
 	"github.com/capstan-net/capstan/kubelet/agent"
 	"github.com/capstan-net/capstan/kubelet/logs"
 )
@@ -67,7 +68,14 @@ func newAgentCmd() *cobra.Command {
 				ImportImages:        v.GetStringSlice("import-images"),
 				RestartBackoff:      v.GetDuration("restart-backoff"),
 				LogDriver:           logDriver,
-				Log:                 log,
+				Dataplane:           v.GetBool("dataplane"),
+				DataplaneConfig: daemon.Config{
+					PinDir:           v.GetString("bpf-pin-dir"),
+					Devices:          v.GetStringSlice("dataplane-devices"),
+					DefaultAlgorithm: v.GetString("lb-algorithm"),
+					MetricsAddr:      v.GetString("dataplane-metrics-addr"),
+				},
+				Log: log,
 			})
 		},
 	}
@@ -88,6 +96,11 @@ func newAgentCmd() *cobra.Command {
 	f.Int("port", 10250, "port of the agent's HTTPS endpoint (logs, exec, port-forward)")
 	f.StringSlice("import-images", nil, "image archives (OCI layout tar) to import into containerd at start-up")
 	f.Duration("restart-backoff", 10*time.Second, "first crash-loop back-off; it doubles up to 5m")
+	f.Bool("dataplane", true, "run the node's eBPF dataplane (services, NodePort, pod programs) in the agent")
+	f.String("bpf-pin-dir", "", "bpf filesystem directory for the dataplane's maps and links (default /sys/fs/bpf/capstan/<node>)")
+	f.StringSlice("dataplane-devices", []string{"eth0"}, "node devices that get the NodePort programs")
+	f.String("lb-algorithm", "random", "default Service load-balancing algorithm: random, round-robin, least-conn, source-hash")
+	f.String("dataplane-metrics-addr", "", "serve the dataplane's Prometheus metrics here (host:port)")
 	return cmd
 }
 

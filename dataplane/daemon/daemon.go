@@ -54,6 +54,9 @@ type Config struct {
 	Devices []string
 	// Netns is the path of the network namespace the devices live in; empty is the daemon's.
 	Netns string
+	// EndpointsDir is where the CNI plugin records pod endpoints; the pod
+	// programs are attached to each one's host veth. Empty attaches none.
+	EndpointsDir string
 	// NodeAddrs, when set, replace the addresses of this node's Node object.
 	NodeAddrs []netip.Addr
 
@@ -250,6 +253,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	// Only now is the first snapshot complete: syncing earlier would delete the services a
 	// previous daemon left in the maps, breaking new connections until the caches fill.
+	if cfg.EndpointsDir != "" {
+		go newEndpointWatcher(cfg.EndpointsDir, cfg.Netns, dp, log).run(ctx)
+	}
 	log.Info("dataplane running", "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
 	runner.Trigger()
 	runner.Run(ctx)

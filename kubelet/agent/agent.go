@@ -11,14 +11,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -26,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/kubectl/pkg/scheme"
 
+	"github.com/capstan-net/capstan/dataplane/daemon"
 	"github.com/capstan-net/capstan/kubelet"
 	"github.com/capstan-net/capstan/kubelet/bootstrap"
 	"github.com/capstan-net/capstan/kubelet/container"
@@ -56,6 +60,11 @@ type Config struct {
 	Port                int
 	ImportImages        []string
 	RestartBackoff      time.Duration
+	// Dataplane runs the node's eBPF dataplane (services, pod programs) in
+	// the agent; DataplaneConfig carries its settings (node, client and
+	// endpoints directory are filled in here).
+	Dataplane       bool
+	DataplaneConfig daemon.Config
 	// LogDriver is the absolute path of the capstan binary, run by the
 	// containerd shim as `capstan logdriver <file>`.
 	LogDriver string
@@ -188,9 +197,42 @@ func Run(ctx context.Context, cfg Config) error {
 	go func() { srvErr <- srv.Run(ctx, addr) }()
 	log.Info("agent running", "node", cfg.NodeName, "ips", cfg.NodeIPs, "endpoint", addr, "containerd", ver.Version)
 
+	dpErr := make(chan error, 1)
+	if cfg.Dataplane {
+		dc := cfg.DataplaneConfig
+		dc.NodeName, dc.RestConfig, dc.Logger = cfg.NodeName, rc, log.With("component", "dataplane")
+		dc.EndpointsDir = filepath.Join(runDir, "endpoints")
+		if dc.PinDir == "" {
+			if err := EnsureBPFFS(DefaultBPFRoot); err != nil {
+				return err
+			}
+			dc.PinDir = filepath.Join(DefaultBPFRoot, "capstan", cfg.NodeName)
+		}
+		if dc.CgroupDir == "" {
+			dir, err := NodeCgroupDir(cfg.CgroupParent)
+			if err != nil {
+				return err
+			}
+			dc.CgroupDir = dir
+		}
+		if len(dc.NodeAddrs) == 0 {
+			for _, ip := range cfg.NodeIPs {
+				if a, ok := netip.AddrFromSlice(ip.To4()); ok {
+					dc.NodeAddrs = append(dc.NodeAddrs, a)
+				}
+			}
+		}
+		go func() { dpErr <- daemon.Run(ctx, dc) }()
+	}
+
 	kerr := make(chan error, 1)
 	go func() { kerr <- kl.Run(ctx) }()
 	select {
+	case err := <-dpErr:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("dataplane: %w", err)
+		}
+		return <-kerr
 	case err := <-kerr:
 		return err
 	case err := <-srvErr:
@@ -199,6 +241,49 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return <-kerr
 	}
+}
+
+// DefaultBPFRoot is where the bpf filesystem is normally mounted.
+const DefaultBPFRoot = "/sys/fs/bpf"
+
+// EnsureBPFFS mounts a bpf filesystem at dir unless one is there, as
+// Cilium's agent does, so pinned maps and links outlive the agent.
+func EnsureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("bpffs dir: %w", err)
+	}
+	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	return nil
+}
+
+// NodeCgroupDir is the node's cgroup v2 directory (where pods' cgroups
+// are made, and the socket load balancer attaches), created if missing:
+// under the cgroup2 mount, whether that is /sys/fs/cgroup or the unified
+// hierarchy of a hybrid host.
+func NodeCgroupDir(parent string) (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		for i, f := range fields {
+			if f == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				dir := filepath.Join(fields[4], parent)
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					return "", fmt.Errorf("node cgroup: %w", err)
+				}
+				return dir, nil
+			}
+		}
+	}
+	return "", errors.New("agent: no cgroup2 filesystem mounted; the socket load balancer needs one")
 }
 
 // DetectNodeIP picks the node's address: the source address of the

@@ -107,9 +107,10 @@ func startNode(t *testing.T) *node {
 	n.hostIP, n.nodeIP = fmt.Sprintf("172.31.%d.1", octet), fmt.Sprintf("172.31.%d.2", octet)
 	n.hostIf = "cpt" + n.name[5:]
 	n.makeNetns()
+	n.mountBPFFS()
 	n.srv = servertest.Start(t, servertest.Options{
 		BindAddress: n.hostIP,
-		Controllers: []string{"namespace", "scheduler", "nodeipam", "garbagecollector"},
+		Controllers: []string{"namespace", "scheduler", "nodeipam", "garbagecollector", "endpointslice"},
 	})
 	n.cs = kubernetes.NewForConfigOrDie(n.srv.Config)
 	t.Cleanup(n.cleanup)
@@ -152,6 +153,7 @@ func (n *node) startAgent(first bool) {
 		"--cni-conf-dir", filepath.Join(n.dir, "cni"), "--cni-bin-dir", cniBin,
 		"--containerd-socket", containerdSocket,
 		"--restart-backoff", "1s", "--log-level", "debug",
+		"--bpf-pin-dir", n.pinDir(),
 	}
 	if first {
 		token, err := os.ReadFile(filepath.Join(n.srv.DataDir, "join-token"))
@@ -370,6 +372,8 @@ func (n *node) cleanup() {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// Unpinning detaches the dataplane's programs (cgroup and tc links).
+	os.RemoveAll(n.pinDir())
 	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/capstan/" + n.name)
 	defer func() {
 		// The shared parent goes too once no node uses it.
@@ -388,6 +392,21 @@ func (n *node) cleanup() {
 		}
 		os.Remove(d)
 	}
+}
+
+// pinDir is the node's BPF pin directory, on a bpffs of the test's own.
+func (n *node) pinDir() string { return filepath.Join(n.dir, "bpf", n.name) }
+
+// mountBPFFS mounts the test's bpf filesystem; cleanup unmounts it.
+func (n *node) mountBPFFS() {
+	dir := filepath.Join(n.dir, "bpf")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		n.t.Fatal(err)
+	}
+	if err := syscall.Mount("bpffs", dir, "bpf", 0, ""); err != nil {
+		n.t.Fatalf("mount bpffs: %v", err)
+	}
+	n.t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
 }
 
 func (n *node) allContainers() []string {

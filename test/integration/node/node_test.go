@@ -185,6 +185,22 @@ func TestNode(t *testing.T) {
 		}
 	})
 
+	t.Run("a ClusterIP Service reaches the pod through the agent's dataplane", func(t *testing.T) {
+		svc, err := n.cs.CoreV1().Services("default").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromString("http")}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out string
+		n.eventually(30*time.Second, "an HTTP request through the ClusterIP", func() (bool, string) {
+			out, err = n.kubectl("exec", "web", "-c", "echo", "--", "/capstan-echo", "connect", "--protocol", "http", svc.Spec.ClusterIP+":80")
+			return err == nil && strings.TrimSpace(out) == "web", fmt.Sprintf("%v %q", err, out)
+		})
+	})
+
 	t.Run("logs through kubectl", func(t *testing.T) {
 		out, err := n.kubectl("logs", "web", "-c", "echo")
 		if err != nil || !strings.Contains(out, "serving as web") {

@@ -1,10 +1,12 @@
 //go:build ignore
 
 /* tc programs on the node's devices: NodePort and external access to services, with SNAT to
- * the node address unless externalTrafficPolicy is Local, plus reverse translation of replies
- * that come back from remote backends. */
+ * the node address unless externalTrafficPolicy is Local, reverse translation of replies
+ * that come back from remote backends, masquerade of pod traffic leaving the cluster, and
+ * the receiving end of the VXLAN tunnel. */
 
 #include "lib/service.h"
+#include "lib/masq.h"
 
 SEC("tc")
 int tc_node_ingress(struct __sk_buff *skb)
@@ -20,7 +22,8 @@ int tc_node_ingress(struct __sk_buff *skb)
 	return svc_forward(skb, &t, true);
 }
 
-/* Leaving the node: a reply the stack routed out before any other hook translated it. */
+/* Leaving the node: a reply the stack routed out before any other hook translated it, and
+ * pod traffic to the outside, masqueraded. */
 SEC("tc")
 int tc_node_egress(struct __sk_buff *skb)
 {
@@ -30,7 +33,40 @@ int tc_node_egress(struct __sk_buff *skb)
 	if (parse_ipv4(skb, &t) < 0)
 		return TC_ACT_OK;
 	rc = rev_nat(skb, &t, false);
-	return rc >= 0 ? rc : TC_ACT_OK;
+	if (rc >= 0)
+		return rc;
+	return masq_egress(skb, &t);
+}
+
+/* Ingress of the VXLAN device: decapsulated packets from pods of other nodes. Replies of
+ * service flows opened here are reverse-translated (the pod veth's egress, which would do it,
+ * is skipped), then pods of this node get the packet straight into their netns. The rest goes
+ * to the stack; its inner destination MAC is the sending node's gateway, not this device's,
+ * so the packet is marked as addressed to this host or the stack would drop it. */
+SEC("tc")
+int tc_tunnel_ingress(struct __sk_buff *skb)
+{
+	struct endpoint_info *ep;
+	struct tuple t = {};
+	__be32 daddr;
+	int rc;
+
+	if (parse_ipv4(skb, &t) == 0) {
+		if (rev_nat(skb, &t, false) == TC_ACT_SHOT)
+			return TC_ACT_SHOT;
+		daddr = t.daddr;
+	} else if (load_daddr(skb, &daddr) < 0) {
+		return TC_ACT_OK;
+	}
+	ep = bpf_map_lookup_elem(&endpoints, &daddr);
+	if (ep) {
+		rc = ep_deliver(skb, ep, STAT_TUNNEL_DELIVER);
+		if (rc >= 0)
+			return rc;
+	}
+	bpf_skb_change_type(skb, PACKET_HOST);
+	stat_inc(STAT_TUNNEL_HOST);
+	return TC_ACT_OK;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,24 +1,43 @@
 //go:build ignore
 
 /* tc programs on a pod's host-side veth: per-packet service translation for traffic the socket
- * programs do not see (pods without socket LB, raw sockets, replies of pods acting as backends). */
+ * programs do not see (pods without socket LB, raw sockets, replies of pods acting as backends),
+ * and pod routing: pods on this node get packets straight into their netns
+ * (bpf_redirect_peer), pods of other nodes through the VXLAN tunnel in VXLAN mode. */
 
 #include "lib/service.h"
+#include "lib/route.h"
 
 /* From the pod: replies of the pod as a backend are reverse-translated first, then new and
- * tracked service flows are translated. */
+ * tracked service flows are translated; then the packet is routed. */
 SEC("tc")
 int tc_pod_ingress(struct __sk_buff *skb)
 {
 	struct tuple t = {};
+	__be32 daddr;
 	int rc;
 
-	if (parse_ipv4(skb, &t) < 0)
-		return TC_ACT_OK;
-	rc = rev_nat(skb, &t, true);
-	if (rc >= 0)
+	if (parse_ipv4(skb, &t) < 0) {
+		/* ICMP, later fragments: nothing to translate, routed all the same. */
+		if (load_daddr(skb, &daddr) < 0)
+			return TC_ACT_OK;
+		rc = pod_route(skb, daddr);
+		return rc >= 0 ? rc : TC_ACT_OK;
+	}
+	rc = rev_nat(skb, &t, false);
+	if (rc == TC_ACT_SHOT)
 		return rc;
-	return svc_forward(skb, &t, false);
+	if (rc >= 0) {
+		/* The reply now comes from a service address, which the stack's source validation
+		 * would refuse: anything pod_route does not take is forwarded by FIB lookup. */
+		rc = pod_route(skb, t.daddr);
+		return rc >= 0 ? rc : fib_redirect(skb, &t);
+	}
+	rc = svc_forward(skb, &t, false);
+	if (rc != TC_ACT_OK)
+		return rc;
+	rc = pod_route(skb, t.daddr);
+	return rc >= 0 ? rc : TC_ACT_OK;
 }
 
 /* To the pod: replies of the service flows the pod opened. */

@@ -33,6 +33,9 @@ struct icmphdr {
 	__be32 rest;
 };
 
+/* linux/if_packet.h's skb->pkt_type values. */
+#define PACKET_HOST 0
+
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_RST 0x04
@@ -54,6 +57,23 @@ volatile const __be32 snat_fallback_addr = 0;
  * the node's own connections. */
 volatile const __u16 snat_port_min = 61000;
 volatile const __u16 snat_port_max = 65535;
+/* Pod routing across nodes: ROUTING_NATIVE leaves remote pods to the kernel's routes,
+ * ROUTING_VXLAN encapsulates them through the collect-metadata device tunnel_ifindex. */
+volatile const __u32 routing_mode = 0;
+volatile const __u32 tunnel_ifindex = 0;
+volatile const __u32 tunnel_vni = 1;
+/* Masquerade: traffic from the cluster's pod range to anywhere outside it and outside the
+ * service range leaves the node from the node's address. A zero mask is an empty range. */
+volatile const __u8 masquerade = 0;
+volatile const __be32 cluster_cidr_addr = 0;
+volatile const __be32 cluster_cidr_mask = 0;
+volatile const __be32 service_cidr_addr = 0;
+volatile const __be32 service_cidr_mask = 0;
+
+enum routing_modes {
+	ROUTING_NATIVE = 0,
+	ROUTING_VXLAN = 1,
+};
 
 /* A parsed IPv4 TCP/UDP packet; addresses and ports stay in network byte order. */
 struct tuple {

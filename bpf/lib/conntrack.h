@@ -125,7 +125,8 @@ static __always_inline struct ct_entry *ct_create(struct ct_key *fwd, struct ct_
 		.src_port = fwd->dport,
 		.dst_addr = fwd->saddr,
 		.dst_port = fwd->sport,
-		.flags = CT_F_REWRITE_SRC | ((val->flags & CT_F_REWRITE_SRC) ? CT_F_REWRITE_DST : 0),
+		.flags = CT_F_REWRITE_SRC | ((val->flags & CT_F_REWRITE_SRC) ? CT_F_REWRITE_DST : 0) |
+			 (val->flags & CT_F_MASQ),
 		.backend_id = val->backend_id,
 		.svc_id = val->svc_id,
 	};

@@ -79,6 +79,7 @@ enum ct_flags {
 	CT_F_REWRITE_DST = 1 << 1, /* write dst_addr:dst_port as the destination */
 	CT_F_COUNTED = 1 << 2,     /* holds one least-conn reference on backend_id */
 	CT_F_CLOSING = 1 << 3,     /* FIN or RST seen */
+	CT_F_MASQ = 1 << 4,        /* a masqueraded pod flow, not a service's */
 };
 
 struct ct_entry {
@@ -224,3 +225,56 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sock_backend SEC(".maps");
+
+/* A pod on this node: its host-side veth, where bpf_redirect_peer delivers into the pod's
+ * netns, and the MACs a routed packet carries on the pod's link (from the host veth to the
+ * pod's eth0). */
+struct endpoint_info {
+	__u32 ifindex;
+	__u32 flags; /* none defined yet */
+	__u8 pod_mac[ETH_ALEN];
+	__u8 host_mac[ETH_ALEN];
+};
+
+/* Pod IPv4 address -> endpoint. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __be32);
+	__type(value, struct endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+struct lpm4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* VXLAN routing: remote podCIDR -> the underlay address of the node that owns it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm4_key);
+	__type(value, __be32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnel_routes SEC(".maps");
+
+/* Packet counters by reason; dataplane/ebpf names them in the same order. New reasons go at
+ * the end, and the map is sized for more so a pinned map stays compatible. */
+enum stat_reason {
+	STAT_REDIRECT_PEER = 0,  /* pod -> pod on this node, straight into the peer's netns */
+	STAT_TUNNEL_ENCAP = 1,   /* pod -> remote pod, handed to the VXLAN device */
+	STAT_TUNNEL_DELIVER = 2, /* decapsulated -> pod on this node, into the peer's netns */
+	STAT_TUNNEL_HOST = 3,    /* decapsulated -> the stack */
+	STAT_MASQ_NEW = 4,       /* new masqueraded flow */
+	STAT_MASQ_FAIL = 5,      /* masquerade wanted, no source address or port free */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");

@@ -39,6 +39,9 @@ static __always_inline int svc_forward(struct __sk_buff *skb, struct tuple *t, b
 	__u32 id;
 
 	e = ct_lookup(&k);
+	/* A pod's masqueraded flow to the outside shares the tuple but is none of ours. */
+	if (e && (e->flags & CT_F_MASQ))
+		e = NULL;
 	if (e && !ct_usable(e, t)) {
 		ct_delete(&k, e);
 		e = NULL;

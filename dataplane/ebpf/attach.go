@@ -78,6 +78,16 @@ func (d *Datapath) AttachNode(ifindex int) (*Attachment, error) {
 	})
 }
 
+// AttachTunnel attaches the tunnel program with tcx to the ingress of the collect-metadata
+// VXLAN device (VXLAN mode): decapsulated packets go straight into local pods' netns, the
+// rest to the stack. Without it the stack drops what arrives through the tunnel, whose inner
+// destination MAC is not the device's.
+func (d *Datapath) AttachTunnel(ifindex int) (*Attachment, error) {
+	return attachAll([]func() (link.Link, error){
+		tcxAttacher(ifindex, ebpf.AttachTCXIngress, d.tcNode.TcTunnelIngress),
+	})
+}
+
 func cgroupAttacher(path string, at ebpf.AttachType, prog *ebpf.Program) func() (link.Link, error) {
 	return func() (link.Link, error) {
 		l, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: at, Program: prog})

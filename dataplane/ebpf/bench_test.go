@@ -103,6 +103,61 @@ func BenchmarkNodeEgress(b *testing.B) {
 	})
 }
 
+func BenchmarkPodRouting(b *testing.B) {
+	setup := func(b *testing.B, cfg Config) *Datapath {
+		ifindex := enterTestNetns(b)
+		cfg.VXLANIfindex = ifindex
+		d := newTestDatapath(b, cfg)
+		if err := d.UpsertEndpoint(localPod); err != nil {
+			b.Fatal(err)
+		}
+		if err := d.UpsertTunnelRoute(netip.MustParsePrefix("10.244.3.0/24"), netip.MustParseAddr("192.168.50.11")); err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	b.Run("local-pod", func(b *testing.B) {
+		d := setup(b, testConfig())
+		p := fromClient(netip.AddrPortFrom(clientIP, 40000), netip.AddrPortFrom(localPod.IP, 80), TCP, tcpACK).bytes()
+		benchProg(b, d.Programs().PodIngress, func(int) []byte { return p })
+	})
+	b.Run("remote-pod-vxlan", func(b *testing.B) {
+		cfg := testConfig()
+		cfg.Routing = RoutingVXLAN
+		d := setup(b, cfg)
+		p := fromClient(netip.AddrPortFrom(clientIP, 40000), ap("10.244.3.4:80"), TCP, tcpACK).bytes()
+		benchProg(b, d.Programs().PodIngress, func(int) []byte { return p })
+	})
+	b.Run("tunnel-to-local-pod", func(b *testing.B) {
+		cfg := testConfig()
+		cfg.Routing = RoutingVXLAN
+		d := setup(b, cfg)
+		p := packet{src: ap("10.244.3.4:80"), dst: netip.AddrPortFrom(localPod.IP, 40000), proto: TCP, tcpFlags: tcpACK}.bytes()
+		benchProg(b, d.Programs().TunnelIngress, func(int) []byte { return p })
+	})
+}
+
+func BenchmarkMasquerade(b *testing.B) {
+	b.Run("established", func(b *testing.B) {
+		ifindex := enterTestNetns(b)
+		d := newTestDatapath(b, masqConfig())
+		p := packet{src: netip.AddrPortFrom(clientIP, 40000), dst: netip.AddrPortFrom(extClient, 443), proto: TCP, tcpFlags: tcpSYN}
+		run(b, d, "node-out", ifindex, p)
+		p.tcpFlags = tcpACK
+		pb := p.bytes()
+		benchProg(b, d.Programs().NodeEgress, func(int) []byte { return pb })
+	})
+	b.Run("new-flow", func(b *testing.B) {
+		enterTestNetns(b)
+		d := newTestDatapath(b, masqConfig())
+		benchProg(b, d.Programs().NodeEgress, func(i int) []byte {
+			c := benchClient(i)
+			return packet{src: netip.AddrPortFrom(clientIP, c.Port()), dst: netip.AddrPortFrom(extClient, 443+uint16(i>>14)),
+				proto: TCP, tcpFlags: tcpSYN}.bytes()
+		})
+	})
+}
+
 // The cgroup socket programs have no BPF_PROG_RUN support, so this one times real connect()
 // calls of UDP sockets (no packets are sent): socket LB cost plus the syscalls.
 func BenchmarkSockConnect4(b *testing.B) {

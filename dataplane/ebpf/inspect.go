@@ -24,7 +24,7 @@ func pinnedNames() []string {
 	return []string{
 		sockMapServices, sockMapSvcSlots, sockMapBackends, sockMapBackendConns, sockMapRrState,
 		sockMapMaglevTables, sockMapCt4, sockMapAffinity4, sockMapNodeAddrs, sockMapSockRevnat4,
-		sockMapSockBackend,
+		sockMapSockBackend, sockMapEndpoints, sockMapTunnelRoutes, sockMapStats,
 	}
 }
 
@@ -156,6 +156,8 @@ type ConnEntry struct {
 	BackendID      uint32
 	ServiceID      uint32
 	Closing        bool
+	// Masquerade marks a pod's flow to the outside, SNATed to the node.
+	Masquerade bool
 	// ExpiresIn is the idle time left.
 	ExpiresIn time.Duration
 }
@@ -176,13 +178,14 @@ func (p *Pinned) Conntrack(limit int) ([]ConnEntry, error) {
 	it := p.maps[sockMapCt4].Iterate()
 	for it.Next(&k, &v) {
 		e := ConnEntry{
-			Reply:     k.Dir == 1,
-			Src:       netip.AddrPortFrom(u32Addr(k.Saddr), portHost(k.Sport)),
-			Dst:       netip.AddrPortFrom(u32Addr(k.Daddr), portHost(k.Dport)),
-			Proto:     Protocol(k.Proto),
-			BackendID: v.BackendId,
-			ServiceID: v.SvcId,
-			Closing:   v.Flags&ctFlagClosing != 0,
+			Reply:      k.Dir == 1,
+			Src:        netip.AddrPortFrom(u32Addr(k.Saddr), portHost(k.Sport)),
+			Dst:        netip.AddrPortFrom(u32Addr(k.Daddr), portHost(k.Dport)),
+			Proto:      Protocol(k.Proto),
+			BackendID:  v.BackendId,
+			ServiceID:  v.SvcId,
+			Closing:    v.Flags&ctFlagClosing != 0,
+			Masquerade: v.Flags&ctFlagMasq != 0,
 		}
 		if v.Flags&ctFlagRewriteSrc != 0 {
 			e.NewSrc = netip.AddrPortFrom(u32Addr(v.SrcAddr), portHost(v.SrcPort))
@@ -209,6 +212,7 @@ const (
 	ctFlagRewriteSrc = 1 << 0
 	ctFlagRewriteDst = 1 << 1
 	ctFlagClosing    = 1 << 3
+	ctFlagMasq       = 1 << 4
 )
 
 // MapStat is a map's fill.
@@ -225,7 +229,7 @@ func (p *Pinned) Stats() ([]MapStat, error) {
 	for _, name := range pinnedNames() {
 		m := p.maps[name]
 		st := MapStat{Name: name, Type: m.Type(), MaxEntries: m.MaxEntries(), Entries: -1}
-		if m.Type() != ebpf.Array {
+		if m.Type() != ebpf.Array && m.Type() != ebpf.PerCPUArray {
 			n, err := countKeys(m)
 			if err != nil {
 				return nil, fmt.Errorf("count %s: %w", name, err)
@@ -235,6 +239,21 @@ func (p *Pinned) Stats() ([]MapStat, error) {
 		out = append(out, st)
 	}
 	return out, nil
+}
+
+// Endpoints lists the endpoints map (pods of this node), sorted by IP.
+func (p *Pinned) Endpoints() ([]Endpoint, error) {
+	return readEndpoints(p.maps[sockMapEndpoints])
+}
+
+// TunnelRoutes returns the tunnel routes map: podCIDR -> node address.
+func (p *Pinned) TunnelRoutes() (map[netip.Prefix]netip.Addr, error) {
+	return readTunnelRoutes(p.maps[sockMapTunnelRoutes])
+}
+
+// Counters returns the programs' packet counters by reason, as Datapath.Counters does.
+func (p *Pinned) Counters() (map[string]uint64, error) {
+	return readCounters(p.maps[sockMapStats])
 }
 
 // countKeys walks keys only, so it works for every map type, maps of maps included.

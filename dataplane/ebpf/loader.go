@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
@@ -57,7 +58,28 @@ type Config struct {
 	// SNATed to the node address it arrived on, unless the service is ExternalLocal.
 	SNATAddr netip.Addr
 	// SNAT source ports; zero means 61000-65535, above Linux's default ephemeral range.
+	// NodePort SNAT and masquerade share them.
 	SNATPortMin, SNATPortMax uint16
+
+	// Routing is how pods reach pods of other nodes: RoutingNative ("native", the default)
+	// leaves them to the kernel's routes (the daemon installs podCIDR via nodeIP);
+	// RoutingVXLAN ("vxlan") encapsulates them through the collect-metadata VXLAN device
+	// VXLANIfindex (in the node's netns) to the node UpsertTunnelRoute names. In VXLAN mode
+	// the device's ingress needs AttachTunnel. Pods of this node are always reached with
+	// bpf_redirect_peer, for the addresses UpsertEndpoint names.
+	Routing      string
+	VXLANIfindex int
+	// VNI is the VXLAN network identifier; zero means DefaultVNI.
+	VNI uint32
+
+	// Masquerade SNATs traffic from ClusterCIDR (the cluster's pod range) to destinations
+	// outside ClusterCIDR and ServiceCIDR to the node's address on the node device's egress,
+	// the address the kernel would pick as source there (SNATAddr when it has none). It is
+	// off unless Masquerade is true and ClusterCIDR is set; callers default it to true.
+	Masquerade  bool
+	ClusterCIDR netip.Prefix
+	// ServiceCIDR is never masqueraded; optional.
+	ServiceCIDR netip.Prefix
 
 	Logger *slog.Logger
 }
@@ -86,6 +108,12 @@ func (c *Config) setDefaults() {
 	if c.SNATPortMax == 0 {
 		c.SNATPortMax = 65535
 	}
+	if c.Routing == "" {
+		c.Routing = RoutingNative
+	}
+	if c.VNI == 0 {
+		c.VNI = DefaultVNI
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -100,6 +128,23 @@ func (c *Config) validate() error {
 	}
 	if c.SNATAddr.IsValid() && !c.SNATAddr.Is4() {
 		return fmt.Errorf("snat address %s is not IPv4", c.SNATAddr)
+	}
+	switch c.Routing {
+	case RoutingNative:
+	case RoutingVXLAN:
+		if c.VXLANIfindex <= 0 {
+			return errors.New("vxlan routing needs the vxlan device's ifindex")
+		}
+	default:
+		return fmt.Errorf("unknown routing mode %q", c.Routing)
+	}
+	if c.VNI >= 1<<24 {
+		return fmt.Errorf("vni %d does not fit in 24 bits", c.VNI)
+	}
+	for _, p := range []netip.Prefix{c.ClusterCIDR, c.ServiceCIDR} {
+		if p.IsValid() && !p.Addr().Is4() {
+			return fmt.Errorf("cidr %s is not IPv4", p)
+		}
 	}
 	return nil
 }
@@ -128,7 +173,7 @@ type Datapath struct {
 // Programs are the loaded programs, for callers that attach them their own way.
 type Programs struct {
 	SockConnect4, SockSendmsg4, SockRecvmsg4, SockGetpeername4, SockRelease *ebpf.Program
-	PodIngress, PodEgress, NodeIngress, NodeEgress                          *ebpf.Program
+	PodIngress, PodEgress, NodeIngress, NodeEgress, TunnelIngress           *ebpf.Program
 }
 
 // Load checks the kernel, loads the socket, pod and node programs with one shared set of maps
@@ -204,7 +249,8 @@ func Load(cfg Config) (_ *Datapath, err error) {
 		return nil, fmt.Errorf("read pinned services: %w", err)
 	}
 	d.log.Info("ebpf datapath loaded", "pin_dir", cfg.PinDir, "services", len(d.services),
-		"backends", len(d.byID))
+		"backends", len(d.byID), "routing", cfg.Routing,
+		"masquerade", cfg.Masquerade && cfg.ClusterCIDR.IsValid())
 	return d, nil
 }
 
@@ -235,6 +281,16 @@ func (c *Config) apply(spec *ebpf.CollectionSpec) error {
 	if c.SNATAddr.IsValid() {
 		snat = addrU32(c.SNATAddr)
 	}
+	var mode uint32
+	if c.Routing == RoutingVXLAN {
+		mode = routingModeVXLAN
+	}
+	var masq uint8
+	if c.Masquerade && c.ClusterCIDR.IsValid() {
+		masq = 1
+	}
+	clusterAddr, clusterMask := prefixU32(c.ClusterCIDR)
+	svcAddr, svcMask := prefixU32(c.ServiceCIDR)
 	consts := map[string]any{
 		sockVarCtTimeoutTcpNs:   uint64(c.TCPTimeout.Nanoseconds()),
 		sockVarCtTimeoutCloseNs: uint64(c.TCPCloseTimeout.Nanoseconds()),
@@ -243,6 +299,14 @@ func (c *Config) apply(spec *ebpf.CollectionSpec) error {
 		sockVarSnatFallbackAddr: snat,
 		sockVarSnatPortMin:      c.SNATPortMin,
 		sockVarSnatPortMax:      c.SNATPortMax,
+		sockVarRoutingMode:      mode,
+		sockVarTunnelIfindex:    uint32(c.VXLANIfindex),
+		sockVarTunnelVni:        c.VNI,
+		sockVarMasquerade:       masq,
+		sockVarClusterCidrAddr:  clusterAddr,
+		sockVarClusterCidrMask:  clusterMask,
+		sockVarServiceCidrAddr:  svcAddr,
+		sockVarServiceCidrMask:  svcMask,
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -267,6 +331,8 @@ func checkFeatures() error {
 		{"bpf_loop", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnLoop) }},
 		{"bpf_timer", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnTimerInit) }},
 		{"bpf_redirect_neigh", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectNeigh) }},
+		{"bpf_redirect_peer", func() error { return features.HaveProgramHelper(ebpf.SchedCLS, asm.FnRedirectPeer) }},
+		{"LPM trie maps", func() error { return features.HaveMapType(ebpf.LPMTrie) }},
 		{"bpf_set_retval", func() error { return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) }},
 		{"cgroup sock programs", func() error { return features.HaveProgramType(ebpf.CGroupSock) }},
 	}
@@ -290,6 +356,7 @@ func (d *Datapath) Programs() Programs {
 		PodEgress:        d.tcPod.TcPodEgress,
 		NodeIngress:      d.tcNode.TcNodeIngress,
 		NodeEgress:       d.tcNode.TcNodeEgress,
+		TunnelIngress:    d.tcNode.TcTunnelIngress,
 	}
 }
 
@@ -304,6 +371,17 @@ func (d *Datapath) Close() error {
 func addrU32(a netip.Addr) uint32 {
 	b := a.As4()
 	return binary.NativeEndian.Uint32(b[:])
+}
+
+// prefixU32 returns an IPv4 prefix as network address and mask in network order, zero for
+// the zero Prefix.
+func prefixU32(p netip.Prefix) (addr, mask uint32) {
+	if !p.IsValid() {
+		return 0, 0
+	}
+	p = p.Masked()
+	m := netip.AddrFrom4([4]byte(net.CIDRMask(p.Bits(), 32)))
+	return addrU32(p.Addr()), addrU32(m)
 }
 
 func u32Addr(v uint32) netip.Addr {

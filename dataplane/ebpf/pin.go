@@ -75,6 +75,12 @@ func (d *Datapath) AttachPodPinned(ifindex int) (*Attachment, error) {
 	return d.attachPinned(tcxPinned("pod", ifindex, p.PodIngress, p.PodEgress))
 }
 
+// AttachTunnelPinned is AttachTunnel with the link pinned under the pin directory.
+func (d *Datapath) AttachTunnelPinned(ifindex int) (*Attachment, error) {
+	return d.attachPinned(tcxPinned("tunnel", ifindex, d.tcNode.TcTunnelIngress, nil))
+}
+
+// tcxPinned makes the pinned links of a device; a nil program is not attached.
 func tcxPinned(kind string, ifindex int, ingress, egress *ebpf.Program) []pinnedLink {
 	mk := func(dir string, at ebpf.AttachType, prog *ebpf.Program) pinnedLink {
 		return pinnedLink{
@@ -87,7 +93,14 @@ func tcxPinned(kind string, ifindex int, ingress, egress *ebpf.Program) []pinned
 			attach: tcxAttacher(ifindex, at, prog),
 		}
 	}
-	return []pinnedLink{mk("ingress", ebpf.AttachTCXIngress, ingress), mk("egress", ebpf.AttachTCXEgress, egress)}
+	var out []pinnedLink
+	if ingress != nil {
+		out = append(out, mk("ingress", ebpf.AttachTCXIngress, ingress))
+	}
+	if egress != nil {
+		out = append(out, mk("egress", ebpf.AttachTCXEgress, egress))
+	}
+	return out
 }
 
 // attachPinned takes over or creates every link. On failure it detaches only the links it

@@ -62,6 +62,20 @@ type sockCtKey struct {
 	Pad   uint16
 }
 
+type sockEndpointInfo struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Flags   uint32
+	PodMac  [6]uint8
+	HostMac [6]uint8
+}
+
+type sockLpm4Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
 type sockSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
@@ -110,25 +124,36 @@ const (
 	sockMapBackendConns      = "backend_conns"
 	sockMapBackends          = "backends"
 	sockMapCt4               = "ct4"
+	sockMapEndpoints         = "endpoints"
 	sockMapMaglevTables      = "maglev_tables"
 	sockMapNodeAddrs         = "node_addrs"
 	sockMapRrState           = "rr_state"
 	sockMapServices          = "services"
 	sockMapSockBackend       = "sock_backend"
 	sockMapSockRevnat4       = "sock_revnat4"
+	sockMapStats             = "stats"
 	sockMapSvcSlots          = "svc_slots"
+	sockMapTunnelRoutes      = "tunnel_routes"
 	sockProgSockConnect4     = "sock_connect4"
 	sockProgSockGetpeername4 = "sock_getpeername4"
 	sockProgSockRecvmsg4     = "sock_recvmsg4"
 	sockProgSockRelease      = "sock_release"
 	sockProgSockSendmsg4     = "sock_sendmsg4"
+	sockVarClusterCidrAddr   = "cluster_cidr_addr"
+	sockVarClusterCidrMask   = "cluster_cidr_mask"
 	sockVarCtTimeoutCloseNs  = "ct_timeout_close_ns"
 	sockVarCtTimeoutTcpNs    = "ct_timeout_tcp_ns"
 	sockVarCtTimeoutUdpNs    = "ct_timeout_udp_ns"
 	sockVarLbHashSeed        = "lb_hash_seed"
+	sockVarMasquerade        = "masquerade"
+	sockVarRoutingMode       = "routing_mode"
+	sockVarServiceCidrAddr   = "service_cidr_addr"
+	sockVarServiceCidrMask   = "service_cidr_mask"
 	sockVarSnatFallbackAddr  = "snat_fallback_addr"
 	sockVarSnatPortMax       = "snat_port_max"
 	sockVarSnatPortMin       = "snat_port_min"
+	sockVarTunnelIfindex     = "tunnel_ifindex"
+	sockVarTunnelVni         = "tunnel_vni"
 )
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -188,26 +213,37 @@ type sockMapSpecs struct {
 	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	RrState      *ebpf.MapSpec `ebpf:"rr_state"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	SockBackend  *ebpf.MapSpec `ebpf:"sock_backend"`
 	SockRevnat4  *ebpf.MapSpec `ebpf:"sock_revnat4"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
+	TunnelRoutes *ebpf.MapSpec `ebpf:"tunnel_routes"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
+	ClusterCidrAddr  *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask  *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
 	CtTimeoutCloseNs *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
 	CtTimeoutTcpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUdpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
 	LbHashSeed       *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	Masquerade       *ebpf.VariableSpec `ebpf:"masquerade"`
+	RoutingMode      *ebpf.VariableSpec `ebpf:"routing_mode"`
+	ServiceCidrAddr  *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
+	ServiceCidrMask  *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
 	SnatFallbackAddr *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
 	SnatPortMax      *ebpf.VariableSpec `ebpf:"snat_port_max"`
 	SnatPortMin      *ebpf.VariableSpec `ebpf:"snat_port_min"`
+	TunnelIfindex    *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
+	TunnelVni        *ebpf.VariableSpec `ebpf:"tunnel_vni"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -234,13 +270,16 @@ type sockMaps struct {
 	BackendConns *ebpf.Map `ebpf:"backend_conns"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Ct4          *ebpf.Map `ebpf:"ct4"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	RrState      *ebpf.Map `ebpf:"rr_state"`
 	Services     *ebpf.Map `ebpf:"services"`
 	SockBackend  *ebpf.Map `ebpf:"sock_backend"`
 	SockRevnat4  *ebpf.Map `ebpf:"sock_revnat4"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
+	TunnelRoutes *ebpf.Map `ebpf:"tunnel_routes"`
 }
 
 func (m *sockMaps) Close() error {
@@ -249,13 +288,16 @@ func (m *sockMaps) Close() error {
 		m.BackendConns,
 		m.Backends,
 		m.Ct4,
+		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
 		m.RrState,
 		m.Services,
 		m.SockBackend,
 		m.SockRevnat4,
+		m.Stats,
 		m.SvcSlots,
+		m.TunnelRoutes,
 	)
 }
 
@@ -263,13 +305,21 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
+	ClusterCidrAddr  *ebpf.Variable `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask  *ebpf.Variable `ebpf:"cluster_cidr_mask"`
 	CtTimeoutCloseNs *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
 	CtTimeoutTcpNs   *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUdpNs   *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
 	LbHashSeed       *ebpf.Variable `ebpf:"lb_hash_seed"`
+	Masquerade       *ebpf.Variable `ebpf:"masquerade"`
+	RoutingMode      *ebpf.Variable `ebpf:"routing_mode"`
+	ServiceCidrAddr  *ebpf.Variable `ebpf:"service_cidr_addr"`
+	ServiceCidrMask  *ebpf.Variable `ebpf:"service_cidr_mask"`
 	SnatFallbackAddr *ebpf.Variable `ebpf:"snat_fallback_addr"`
 	SnatPortMax      *ebpf.Variable `ebpf:"snat_port_max"`
 	SnatPortMin      *ebpf.Variable `ebpf:"snat_port_min"`
+	TunnelIfindex    *ebpf.Variable `ebpf:"tunnel_ifindex"`
+	TunnelVni        *ebpf.Variable `ebpf:"tunnel_vni"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.

@@ -20,22 +20,34 @@ const (
 	tcNodeMapBackendConns     = "backend_conns"
 	tcNodeMapBackends         = "backends"
 	tcNodeMapCt4              = "ct4"
+	tcNodeMapEndpoints        = "endpoints"
 	tcNodeMapMaglevTables     = "maglev_tables"
 	tcNodeMapNodeAddrs        = "node_addrs"
 	tcNodeMapRrState          = "rr_state"
 	tcNodeMapServices         = "services"
 	tcNodeMapSockBackend      = "sock_backend"
 	tcNodeMapSockRevnat4      = "sock_revnat4"
+	tcNodeMapStats            = "stats"
 	tcNodeMapSvcSlots         = "svc_slots"
+	tcNodeMapTunnelRoutes     = "tunnel_routes"
 	tcNodeProgTcNodeEgress    = "tc_node_egress"
 	tcNodeProgTcNodeIngress   = "tc_node_ingress"
+	tcNodeProgTcTunnelIngress = "tc_tunnel_ingress"
+	tcNodeVarClusterCidrAddr  = "cluster_cidr_addr"
+	tcNodeVarClusterCidrMask  = "cluster_cidr_mask"
 	tcNodeVarCtTimeoutCloseNs = "ct_timeout_close_ns"
 	tcNodeVarCtTimeoutTcpNs   = "ct_timeout_tcp_ns"
 	tcNodeVarCtTimeoutUdpNs   = "ct_timeout_udp_ns"
 	tcNodeVarLbHashSeed       = "lb_hash_seed"
+	tcNodeVarMasquerade       = "masquerade"
+	tcNodeVarRoutingMode      = "routing_mode"
+	tcNodeVarServiceCidrAddr  = "service_cidr_addr"
+	tcNodeVarServiceCidrMask  = "service_cidr_mask"
 	tcNodeVarSnatFallbackAddr = "snat_fallback_addr"
 	tcNodeVarSnatPortMax      = "snat_port_max"
 	tcNodeVarSnatPortMin      = "snat_port_min"
+	tcNodeVarTunnelIfindex    = "tunnel_ifindex"
+	tcNodeVarTunnelVni        = "tunnel_vni"
 )
 
 // loadTcNode returns the embedded CollectionSpec for tcNode.
@@ -80,8 +92,9 @@ type tcNodeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcNodeProgramSpecs struct {
-	TcNodeEgress  *ebpf.ProgramSpec `ebpf:"tc_node_egress"`
-	TcNodeIngress *ebpf.ProgramSpec `ebpf:"tc_node_ingress"`
+	TcNodeEgress    *ebpf.ProgramSpec `ebpf:"tc_node_egress"`
+	TcNodeIngress   *ebpf.ProgramSpec `ebpf:"tc_node_ingress"`
+	TcTunnelIngress *ebpf.ProgramSpec `ebpf:"tc_tunnel_ingress"`
 }
 
 // tcNodeMapSpecs contains maps before they are loaded into the kernel.
@@ -92,26 +105,37 @@ type tcNodeMapSpecs struct {
 	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
+	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
 	RrState      *ebpf.MapSpec `ebpf:"rr_state"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	SockBackend  *ebpf.MapSpec `ebpf:"sock_backend"`
 	SockRevnat4  *ebpf.MapSpec `ebpf:"sock_revnat4"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
+	TunnelRoutes *ebpf.MapSpec `ebpf:"tunnel_routes"`
 }
 
 // tcNodeVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcNodeVariableSpecs struct {
+	ClusterCidrAddr  *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask  *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
 	CtTimeoutCloseNs *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
 	CtTimeoutTcpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUdpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
 	LbHashSeed       *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	Masquerade       *ebpf.VariableSpec `ebpf:"masquerade"`
+	RoutingMode      *ebpf.VariableSpec `ebpf:"routing_mode"`
+	ServiceCidrAddr  *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
+	ServiceCidrMask  *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
 	SnatFallbackAddr *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
 	SnatPortMax      *ebpf.VariableSpec `ebpf:"snat_port_max"`
 	SnatPortMin      *ebpf.VariableSpec `ebpf:"snat_port_min"`
+	TunnelIfindex    *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
+	TunnelVni        *ebpf.VariableSpec `ebpf:"tunnel_vni"`
 }
 
 // tcNodeObjects contains all objects after they have been loaded into the kernel.
@@ -138,13 +162,16 @@ type tcNodeMaps struct {
 	BackendConns *ebpf.Map `ebpf:"backend_conns"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Ct4          *ebpf.Map `ebpf:"ct4"`
+	Endpoints    *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
 	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
 	RrState      *ebpf.Map `ebpf:"rr_state"`
 	Services     *ebpf.Map `ebpf:"services"`
 	SockBackend  *ebpf.Map `ebpf:"sock_backend"`
 	SockRevnat4  *ebpf.Map `ebpf:"sock_revnat4"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
+	TunnelRoutes *ebpf.Map `ebpf:"tunnel_routes"`
 }
 
 func (m *tcNodeMaps) Close() error {
@@ -153,13 +180,16 @@ func (m *tcNodeMaps) Close() error {
 		m.BackendConns,
 		m.Backends,
 		m.Ct4,
+		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
 		m.RrState,
 		m.Services,
 		m.SockBackend,
 		m.SockRevnat4,
+		m.Stats,
 		m.SvcSlots,
+		m.TunnelRoutes,
 	)
 }
 
@@ -167,27 +197,37 @@ func (m *tcNodeMaps) Close() error {
 //
 // It can be passed to loadTcNodeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcNodeVariables struct {
+	ClusterCidrAddr  *ebpf.Variable `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask  *ebpf.Variable `ebpf:"cluster_cidr_mask"`
 	CtTimeoutCloseNs *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
 	CtTimeoutTcpNs   *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUdpNs   *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
 	LbHashSeed       *ebpf.Variable `ebpf:"lb_hash_seed"`
+	Masquerade       *ebpf.Variable `ebpf:"masquerade"`
+	RoutingMode      *ebpf.Variable `ebpf:"routing_mode"`
+	ServiceCidrAddr  *ebpf.Variable `ebpf:"service_cidr_addr"`
+	ServiceCidrMask  *ebpf.Variable `ebpf:"service_cidr_mask"`
 	SnatFallbackAddr *ebpf.Variable `ebpf:"snat_fallback_addr"`
 	SnatPortMax      *ebpf.Variable `ebpf:"snat_port_max"`
 	SnatPortMin      *ebpf.Variable `ebpf:"snat_port_min"`
+	TunnelIfindex    *ebpf.Variable `ebpf:"tunnel_ifindex"`
+	TunnelVni        *ebpf.Variable `ebpf:"tunnel_vni"`
 }
 
 // tcNodePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcNodeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcNodePrograms struct {
-	TcNodeEgress  *ebpf.Program `ebpf:"tc_node_egress"`
-	TcNodeIngress *ebpf.Program `ebpf:"tc_node_ingress"`
+	TcNodeEgress    *ebpf.Program `ebpf:"tc_node_egress"`
+	TcNodeIngress   *ebpf.Program `ebpf:"tc_node_ingress"`
+	TcTunnelIngress *ebpf.Program `ebpf:"tc_tunnel_ingress"`
 }
 
 func (p *tcNodePrograms) Close() error {
 	return _TcNodeClose(
 		p.TcNodeEgress,
 		p.TcNodeIngress,
+		p.TcTunnelIngress,
 	)
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -31,6 +32,14 @@ func newAgentCmd() *cobra.Command {
 					return fmt.Errorf("--node-ip: %q is not an IP address", s)
 				}
 				ips = append(ips, ip)
+			}
+			clusterCIDR, err := netip.ParsePrefix(v.GetString("cluster-cidr"))
+			if err != nil {
+				return fmt.Errorf("--cluster-cidr: %w", err)
+			}
+			serviceCIDR, err := netip.ParsePrefix(v.GetString("service-cidr"))
+			if err != nil {
+				return fmt.Errorf("--service-cidr: %w", err)
 			}
 			self, err := os.Executable()
 			if err != nil {
@@ -74,6 +83,10 @@ func newAgentCmd() *cobra.Command {
 					Devices:          v.GetStringSlice("dataplane-devices"),
 					DefaultAlgorithm: v.GetString("lb-algorithm"),
 					MetricsAddr:      v.GetString("dataplane-metrics-addr"),
+					Routing:          v.GetString("routing"),
+					ClusterCIDR:      clusterCIDR,
+					ServiceCIDR:      serviceCIDR,
+					Masquerade:       v.GetBool("masquerade"),
 				},
 				Log: log,
 			})
@@ -100,6 +113,10 @@ func newAgentCmd() *cobra.Command {
 	f.String("bpf-pin-dir", "", "bpf filesystem directory for the dataplane's maps and links (default /sys/fs/bpf/capstan/<node>)")
 	f.StringSlice("dataplane-devices", []string{"eth0"}, "node devices that get the NodePort programs")
 	f.String("lb-algorithm", "random", "default Service load-balancing algorithm: random, round-robin, least-conn, source-hash")
+	f.String("routing", "native", "how pods reach other nodes' pods: native (a route per node) or vxlan")
+	f.String("cluster-cidr", "10.244.0.0/16", "the cluster's pod range (masquerade source)")
+	f.String("service-cidr", "10.96.0.0/16", "the cluster's Service range (never masqueraded)")
+	f.Bool("masquerade", true, "SNAT pod traffic leaving the cluster to the node address, in eBPF")
 	f.String("dataplane-metrics-addr", "", "serve the dataplane's Prometheus metrics here (host:port)")
 	return cmd
 }

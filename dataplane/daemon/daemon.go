@@ -54,6 +54,16 @@ type Config struct {
 	Devices []string
 	// Netns is the path of the network namespace the devices live in; empty is the daemon's.
 	Netns string
+	// Routing is how pods reach other nodes' pods: RoutingNative (a kernel
+	// route per remote podCIDR via its node) or RoutingVXLAN (a
+	// collect-metadata VXLAN device, tunnel endpoint chosen in BPF).
+	// Empty leaves inter-node routing alone (kube-proxy-replacement use).
+	Routing string
+	// ClusterCIDR is the cluster's pod range; with Masquerade, pod
+	// traffic leaving it (and ServiceCIDR) is SNATed to the node address.
+	ClusterCIDR netip.Prefix
+	ServiceCIDR netip.Prefix
+	Masquerade  bool
 	// EndpointsDir is where the CNI plugin records pod endpoints; the pod
 	// programs are attached to each one's host veth. Empty attaches none.
 	EndpointsDir string
@@ -80,6 +90,11 @@ type Config struct {
 func (c *Config) setDefaults() error {
 	if c.NodeName == "" {
 		return errors.New("node name is required")
+	}
+	switch c.Routing {
+	case "", RoutingNative, RoutingVXLAN:
+	default:
+		return fmt.Errorf("routing %q: want %q or %q", c.Routing, RoutingNative, RoutingVXLAN)
 	}
 	if c.Kubeconfig == "" && c.RestConfig == nil {
 		return errors.New("kubeconfig is required")
@@ -134,12 +149,23 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("create client: %w", err)
 	}
 
-	dp, err := ebpf.Load(ebpf.Config{
-		PinDir:     cfg.PinDir,
-		MaglevSeed: cfg.MaglevSeed,
-		SNATAddr:   cfg.SNATAddr,
-		Logger:     log,
-	})
+	ecfg := ebpf.Config{
+		PinDir:      cfg.PinDir,
+		MaglevSeed:  cfg.MaglevSeed,
+		SNATAddr:    cfg.SNATAddr,
+		Masquerade:  cfg.Masquerade,
+		ClusterCIDR: cfg.ClusterCIDR,
+		ServiceCIDR: cfg.ServiceCIDR,
+		Logger:      log,
+	}
+	if cfg.Routing == RoutingVXLAN {
+		var idx int
+		if err := inNetns(cfg.Netns, func() (err error) { idx, err = ensureVXLAN(); return err }); err != nil {
+			return err
+		}
+		ecfg.Routing, ecfg.VXLANIfindex = ebpf.RoutingVXLAN, idx
+	}
+	dp, err := ebpf.Load(ecfg)
 	if err != nil {
 		return fmt.Errorf("load datapath: %w", err)
 	}
@@ -178,6 +204,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if err != nil {
 			return err
 		}
+	}
+	if ecfg.VXLANIfindex != 0 {
+		// Decapsulated packets reach local pods through this program.
+		a, err := dp.AttachTunnelPinned(ecfg.VXLANIfindex)
+		if err != nil {
+			return fmt.Errorf("attach vxlan device: %w", err)
+		}
+		atts = append(atts, a)
 	}
 	if n, err := dp.PruneLinks(); err != nil {
 		log.Warn("prune stale links", "err", err)
@@ -246,6 +280,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := tracker.Register(factory); err != nil {
 		return err
 	}
+	routesKick := make(chan struct{}, 1)
+	kick := func() {
+		select {
+		case routesKick <- struct{}{}:
+		default:
+		}
+	}
+	nodeInf := factory.Core().V1().Nodes()
+	if cfg.Routing != "" {
+		nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { kick() }, UpdateFunc: func(_, _ any) { kick() }, DeleteFunc: func(any) { kick() },
+		})
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), tracker.HasSynced) {
@@ -255,6 +302,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// previous daemon left in the maps, breaking new connections until the caches fill.
 	if cfg.EndpointsDir != "" {
 		go newEndpointWatcher(cfg.EndpointsDir, cfg.Netns, dp, log).run(ctx)
+	}
+	switch cfg.Routing {
+	case RoutingNative:
+		go (&nativeRouter{netns: cfg.Netns, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
+	case RoutingVXLAN:
+		go (&tunnelRouter{dp: dp, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
 	}
 	log.Info("dataplane running", "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
 	runner.Trigger()

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/capstan-net/capstan/cni"
@@ -78,6 +79,7 @@ func (w *endpointWatcher) scan() {
 		w.attached[key] = attachedEndpoint{ifindex: ep.HostIfIndex, att: att}
 		w.log.Info("pod programs attached", "pod", ep.PodNamespace+"/"+ep.PodName, "dev", ep.HostIfName, "ips", ep.PodIPs)
 	}
+	w.syncEndpoints(eps)
 	for key, a := range w.attached {
 		if _, ok := eps[key]; ok {
 			continue
@@ -88,5 +90,26 @@ func (w *endpointWatcher) scan() {
 			w.log.Debug("detach pod programs", "endpoint", key, "err", err)
 		}
 		delete(w.attached, key)
+	}
+}
+
+// syncEndpoints makes the BPF endpoint map (local pod IP to host veth,
+// for redirect_peer) equal to the records.
+func (w *endpointWatcher) syncEndpoints(eps map[string]*cni.Endpoint) {
+	var list []ebpf.Endpoint
+	for _, ep := range eps {
+		hostMAC, err1 := net.ParseMAC(ep.HostMAC)
+		podMAC, err2 := net.ParseMAC(ep.PodMAC)
+		if err1 != nil || err2 != nil {
+			continue // a record without MACs cannot be redirected to
+		}
+		for _, ip := range ep.PodIPs {
+			if ip.Is4() {
+				list = append(list, ebpf.Endpoint{IP: ip, HostIfindex: ep.HostIfIndex, HostMAC: hostMAC, PodMAC: podMAC})
+			}
+		}
+	}
+	if err := w.dp.SetEndpoints(list); err != nil {
+		w.log.Warn("sync endpoint map", "err", err)
 	}
 }

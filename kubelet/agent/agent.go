@@ -243,6 +243,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 }
 
+// podMTU leaves room for the VXLAN header (50 bytes) when pods' traffic
+// to other nodes is encapsulated.
+func podMTU(cfg Config) int {
+	if cfg.Dataplane && cfg.DataplaneConfig.Routing == daemon.RoutingVXLAN {
+		return 1450
+	}
+	return 1500
+}
+
 // DefaultBPFRoot is where the bpf filesystem is normally mounted.
 const DefaultBPFRoot = "/sys/fs/bpf"
 

@@ -96,13 +96,14 @@ type node struct {
 	dir      string
 	agent    *exec.Cmd
 	agentLog *os.File
+	routing  string // native (default) or vxlan
 	// agentThread keeps the thread that forked the agent alive.
 	agentThread chan struct{}
 }
 
 func startNode(t *testing.T) *node {
 	t.Helper()
-	n := &node{t: t, name: fmt.Sprintf("node-%04x", rand.IntN(1<<16)), dir: t.TempDir()}
+	n := &node{t: t, name: fmt.Sprintf("node-%04x", rand.IntN(1<<16)), dir: t.TempDir(), routing: "native"}
 	octet := 1 + rand.IntN(250)
 	n.hostIP, n.nodeIP = fmt.Sprintf("172.31.%d.1", octet), fmt.Sprintf("172.31.%d.2", octet)
 	n.hostIf = "cpt" + n.name[5:]
@@ -154,6 +155,7 @@ func (n *node) startAgent(first bool) {
 		"--containerd-socket", containerdSocket,
 		"--restart-backoff", "1s", "--log-level", "debug",
 		"--bpf-pin-dir", n.pinDir(),
+		"--routing", n.routing,
 	}
 	if first {
 		token, err := os.ReadFile(filepath.Join(n.srv.DataDir, "join-token"))

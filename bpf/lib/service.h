@@ -3,6 +3,7 @@
 #pragma once
 
 #include "nat.h"
+#include "route.h"
 #include "reject.h"
 
 /* ct_usable tells whether an existing flow may keep its backend: the backend must still exist
@@ -85,5 +86,14 @@ static __always_inline int svc_forward(struct __sk_buff *skb, struct tuple *t, b
 xlate:
 	if (nat_apply(skb, t, e) < 0)
 		return TC_ACT_SHOT;
-	return from_node ? fib_redirect(skb, t) : TC_ACT_OK;
+	if (from_node) {
+		/* A backend on this node gets the packet straight into its netns; one on another
+		 * node, in VXLAN mode, through the tunnel (the stack has no route to it). */
+		int rc = pod_route(skb, t->daddr);
+
+		if (rc >= 0)
+			return rc;
+		return fib_redirect(skb, t);
+	}
+	return TC_ACT_OK;
 }

@@ -3,6 +3,8 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"math/rand/v2"
 	"os/exec"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/capstan-net/capstan/control/server/servertest"
@@ -66,6 +69,19 @@ func startCluster(t *testing.T, count int, routing string) []*node {
 	return nodes
 }
 
+// httpGetRoot fetches a URL from the test's own (root) namespace, which
+// reaches the nodes over the underlay bridge only.
+func httpGetRoot(hostport, path string) (string, error) {
+	c := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + hostport + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
 // echoPod is a capstan-echo server pinned to a node.
 func echoPod(name, node string) *corev1.Pod {
 	return &corev1.Pod{
@@ -113,6 +129,37 @@ func TestCrossNode(t *testing.T) {
 				a.eventually(30*time.Second, c[0]+" reaches "+c[1], func() (bool, string) {
 					out, err = connect(c[0], c[1])
 					return err == nil && strings.TrimSpace(out) == c[1], fmt.Sprintf("%v %q", err, out)
+				})
+			}
+
+			// Leaving the cluster: the root namespace has no route to pod
+			// CIDRs, so only a masqueraded connection to the API server's
+			// address gets its answer.
+			apiAddr := strings.TrimPrefix(a.srv.Config.Host, "https://")
+			a.eventually(30*time.Second, "pod b reaches the API server address (masquerade)", func() (bool, string) {
+				out, err := a.kubectl("exec", "b", "--", "/capstan-echo", "connect", "--protocol", "tcp", apiAddr)
+				return err == nil, fmt.Sprintf("%v %q", err, out)
+			})
+
+			// NodePort from outside the cluster (the root namespace, over
+			// the underlay) on every node, to backends on both nodes.
+			svc, err := a.cs.CoreV1().Services("default").Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo"},
+					Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := svc.Spec.Ports[0].NodePort
+			for _, n := range nodes {
+				seen := map[string]bool{}
+				a.eventually(30*time.Second, "NodePort on "+n.name+" reaching pods on both nodes", func() (bool, string) {
+					body, err := httpGetRoot(fmt.Sprintf("%s:%d", n.nodeIP, port), "/hostname")
+					if err == nil {
+						seen[strings.TrimSpace(body)] = true
+					}
+					return seen["b"] && (seen["a"] || seen["a2"]), fmt.Sprintf("%v seen %v", err, seen)
 				})
 			}
 		})

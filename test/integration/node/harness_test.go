@@ -342,12 +342,18 @@ func (n *node) cleanup() {
 		}
 		deadline := time.Now().Add(30 * time.Second)
 		for time.Now().Before(deadline) {
-			if len(n.allContainers()) == 0 {
+			pins, _ := os.ReadDir(filepath.Join(n.dir, "run", n.name, "netns"))
+			if len(n.allContainers()) == 0 && len(pins) == 0 {
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
 		n.stopAgent(false)
+	}
+	// Whatever the agent did not tear down: unpin its pod namespaces.
+	pins, _ := filepath.Glob(filepath.Join(n.dir, "run", n.name, "netns", "*"))
+	for _, p := range pins {
+		syscall.Unmount(p, syscall.MNT_DETACH)
 	}
 	c, err := client.New(containerdSocket)
 	if err == nil {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -121,7 +122,8 @@ func newDPCmd() *cobra.Command {
 		sub("services", "List service frontends and their backends", showServices),
 		sub("backends", "List backends with their active connection counts", showBackends),
 		ct,
-		sub("stats", "Show each map's fill", showStats),
+		sub("stats", "Show each map's fill and the packet counters", showStats),
+		sub("routes", "List local pod endpoints (redirect_peer) and remote podCIDR tunnel routes", showRoutes),
 	)
 	return cmd
 }
@@ -167,6 +169,34 @@ func showServices(w io.Writer, p *ebpf.Pinned, _ *viper.Viper) error {
 			fmt.Fprintf(w, "%s\t%s (%d) [%s, %d]\n", head, b.Addr, b.ID, state, b.Conns)
 			head = "\t\t\t"
 		}
+	}
+	return nil
+}
+
+func showRoutes(w io.Writer, p *ebpf.Pinned, _ *viper.Viper) error {
+	eps, err := p.Endpoints()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "LOCAL POD\tHOST IFINDEX\tHOST MAC\tPOD MAC")
+	for _, e := range eps {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", e.IP, e.HostIfindex, e.HostMAC, e.PodMAC)
+	}
+	routes, err := p.TunnelRoutes()
+	if err != nil {
+		return err
+	}
+	prefixes := make([]netip.Prefix, 0, len(routes))
+	for pfx := range routes {
+		prefixes = append(prefixes, pfx)
+	}
+	sort.Slice(prefixes, func(i, j int) bool { return prefixes[i].Addr().Less(prefixes[j].Addr()) })
+	fmt.Fprintln(w, "\nREMOTE PODCIDR (VXLAN)\tNODE")
+	if len(prefixes) == 0 {
+		fmt.Fprintln(w, "(none: native routing uses kernel routes, see `ip route` in the node's netns)\t")
+	}
+	for _, pfx := range prefixes {
+		fmt.Fprintf(w, "%s\t%s\n", pfx, routes[pfx])
 	}
 	return nil
 }
@@ -230,6 +260,19 @@ func showStats(w io.Writer, p *ebpf.Pinned, _ *viper.Viper) error {
 			n = "(array)"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\n", s.Name, s.Type, n, s.MaxEntries)
+	}
+	counters, err := p.Counters()
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(counters))
+	for name := range counters {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	fmt.Fprintln(w, "\nCOUNTER\tPACKETS\t\t")
+	for _, name := range names {
+		fmt.Fprintf(w, "%s\t%d\t\t\n", name, counters[name])
 	}
 	return nil
 }

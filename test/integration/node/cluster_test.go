@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"math/rand/v2"
+	"net/http"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -130,6 +131,25 @@ func TestCrossNode(t *testing.T) {
 					out, err = connect(c[0], c[1])
 					return err == nil && strings.TrimSpace(out) == c[1], fmt.Sprintf("%v %q", err, out)
 				})
+			}
+
+			// `capstan dp routes` shows node A's pods and, in VXLAN mode,
+			// where node B's pods are.
+			out, err := exec.Command(capstanBin, "dp", "routes", "--pin-dir", a.pinDir()).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), ips["a"]) || !strings.Contains(string(out), ips["a2"]) {
+				t.Fatalf("dp routes: %v\n%s", err, out)
+			}
+			if nb, _ := b.cs.CoreV1().Nodes().Get(ctx, b.name, metav1.GetOptions{}); routing == "vxlan" &&
+				(nb == nil || !strings.Contains(string(out), nb.Spec.PodCIDR+" ") || !strings.Contains(string(out), b.nodeIP)) {
+				t.Fatalf("dp routes lacks node %s's podCIDR via %s:\n%s", b.name, b.nodeIP, out)
+			}
+			out, err = exec.Command(capstanBin, "dp", "stats", "--pin-dir", a.pinDir()).CombinedOutput()
+			counter := "redirect_peer"
+			if routing == "vxlan" {
+				counter = "tunnel_encap"
+			}
+			if err != nil || !regexp.MustCompile(`(?m)^`+counter+`\s+[1-9]`).Match(out) {
+				t.Fatalf("dp stats: want %s counted: %v\n%s", counter, err, out)
 			}
 
 			// Leaving the cluster: the root namespace has no route to pod

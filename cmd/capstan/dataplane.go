@@ -39,7 +39,17 @@ func newDataplaneCmd() *cobra.Command {
 				MinSyncInterval:  v.GetDuration("min-sync-interval"),
 				SyncPeriod:       v.GetDuration("sync-period"),
 				MetricsAddr:      v.GetString("metrics-addr"),
+				Routing:          v.GetString("routing"),
+				EndpointsDir:     v.GetString("endpoints-dir"),
+				Masquerade:       v.GetString("cluster-cidr") != "" && v.GetBool("masquerade"),
 				Logger:           log,
+			}
+			for flag, dst := range map[string]*netip.Prefix{"cluster-cidr": &cfg.ClusterCIDR, "service-cidr": &cfg.ServiceCIDR} {
+				if s := v.GetString(flag); s != "" {
+					if *dst, err = netip.ParsePrefix(s); err != nil {
+						return fmt.Errorf("--%s: %w", flag, err)
+					}
+				}
 			}
 			if cfg.Kubeconfig == "" {
 				cfg.Kubeconfig = defaultKubeconfig()
@@ -80,6 +90,11 @@ func newDataplaneCmd() *cobra.Command {
 	f.Duration("min-sync-interval", 0, "least time between syncs (default 1s)")
 	f.Duration("sync-period", 0, "full resync period (default 30s)")
 	f.String("metrics-addr", "", "address to serve Prometheus /metrics on, e.g. 127.0.0.1:9964")
+	f.String("routing", "", "pod routing between nodes: native or vxlan (default: leave it to the CNI in use)")
+	f.String("endpoints-dir", "", "capstan-cni endpoint records, whose pod veths get the pod programs")
+	f.String("cluster-cidr", "", "the cluster's pod range; with --masquerade, pod traffic leaving it is SNATed")
+	f.String("service-cidr", "", "the Service range, never masqueraded")
+	f.Bool("masquerade", true, "masquerade pod traffic leaving the cluster (needs --cluster-cidr)")
 	return cmd
 }
 

@@ -74,14 +74,29 @@ set -x
 pod=$("$CAPSTAN" kubectl get pods -l app=hello -o jsonpath='{.items[0].metadata.name}')
 "$CAPSTAN" kubectl exec "$pod" -- wget -qO- http://127.0.0.1:8080/hostname; echo
 "$CAPSTAN" kubectl logs "$pod" --tail=3
-"$CAPSTAN" kubectl get service hello -o jsonpath='{.spec.clusterIP}{" "}{.spec.ports[0].nodePort}{"\n"}'
 set +x
+cip=$("$CAPSTAN" kubectl get service hello -o jsonpath='{.spec.clusterIP}')
+nport=$("$CAPSTAN" kubectl get service hello -o jsonpath='{.spec.ports[0].nodePort}')
+echo
+echo "== ClusterIP $cip:80 from pod $pod: eBPF socket load balancing picks a backend per connection"
+for i in $(seq 6); do
+  "$CAPSTAN" kubectl exec "$pod" -- /capstan-echo connect --protocol http "$cip:80"
+done
+echo
+echo "== NodePort $NODE_IP:$nport from outside the cluster (this machine's namespace)"
+for i in $(seq 4); do
+  curl -s -m 3 "http://$NODE_IP:$nport/hostname"; echo
+done
+echo
+echo "== the node's service map (capstan dp services)"
+"$CAPSTAN" dp services --pin-dir /sys/fs/bpf/capstan/$NODE
 cat <<MSG
 
 Capstan's API server (pid $(cat "$pidfile")) and node $NODE (pid $(cat "$agentpid"), netns $NETNS)
 are running; kubeconfig: $DATA_DIR/admin.kubeconfig
 Try next:
   $CAPSTAN kubectl get all -A
+  $CAPSTAN dp services --pin-dir /sys/fs/bpf/capstan/$NODE      (also: backends, ct, routes, stats)
   $CAPSTAN kubectl scale deployment hello --replicas=5
   $CAPSTAN kubectl get --raw /metrics | grep apiserver_request_total
   $CAPSTAN kubectl logs -f deployment/hello

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   etcd-server      # external-etcd variant of the API integration tests
   clang llvm libbpf-dev bpftool linux-libc-dev  # BPF programs (make generate)
-  iproute2 iptables util-linux  # netns, veth; nsenter runs node agents in their netns
+  iproute2 iptables util-linux curl  # netns, veth; nsenter runs node agents in their netns; curl for make demo
   containerd runc busybox-static  # the node agent's runtime and the test images
 )
 

@@ -69,4 +69,31 @@ int tc_tunnel_ingress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* Egress of the VXLAN device: packets the stack routed into it (the node's own processes, a
+ * service backend a host socket was load-balanced to) carry no tunnel key yet; give them the
+ * owning node's from tunnel_routes. Packets tc_pod encapsulated already have theirs. */
+SEC("tc")
+int tc_tunnel_egress(struct __sk_buff *skb)
+{
+	struct lpm4_key k = { .prefixlen = 32 };
+	struct bpf_tunnel_key key = {};
+	__be32 *node;
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) == 0)
+		return TC_ACT_OK;
+	if (load_daddr(skb, &k.addr) < 0)
+		return TC_ACT_OK;
+	node = bpf_map_lookup_elem(&tunnel_routes, &k);
+	if (!node)
+		return TC_ACT_SHOT; /* the device cannot send a packet without a key */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.tunnel_id = tunnel_vni;
+	key.remote_ipv4 = bpf_ntohl(*node);
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return TC_ACT_SHOT;
+	stat_inc(STAT_TUNNEL_ENCAP);
+	return TC_ACT_OK;
+}
+
 char _license[] SEC("license") = "Dual BSD/GPL";

@@ -87,6 +87,9 @@ func newAgentCmd() *cobra.Command {
 					ClusterCIDR:      clusterCIDR,
 					ServiceCIDR:      serviceCIDR,
 					Masquerade:       v.GetBool("masquerade"),
+					ServiceEntries:   v.GetInt("service-entries"),
+					BackendEntries:   v.GetInt("backend-entries"),
+					Connections:      v.GetInt("connections"),
 				},
 				Log: log,
 			})
@@ -117,6 +120,9 @@ func newAgentCmd() *cobra.Command {
 	f.String("cluster-cidr", "10.244.0.0/16", "the cluster's pod range (masquerade source)")
 	f.String("service-cidr", "10.96.0.0/16", "the cluster's Service range (never masqueraded)")
 	f.Bool("masquerade", true, "SNAT pod traffic leaving the cluster to the node address, in eBPF")
+	f.Int("service-entries", 0, "dataplane map size: service frontends (default 65536)")
+	f.Int("backend-entries", 0, "dataplane map size: service backends (default 65536)")
+	f.Int("connections", 0, "dataplane map size: tracked connections (default 524288)")
 	f.String("dataplane-metrics-addr", "", "serve the dataplane's Prometheus metrics here (host:port)")
 	return cmd
 }

@@ -41,6 +41,9 @@ func newDataplaneCmd() *cobra.Command {
 				MetricsAddr:      v.GetString("metrics-addr"),
 				Routing:          v.GetString("routing"),
 				EndpointsDir:     v.GetString("endpoints-dir"),
+				ServiceEntries:   v.GetInt("service-entries"),
+				BackendEntries:   v.GetInt("backend-entries"),
+				Connections:      v.GetInt("connections"),
 				Masquerade:       v.GetString("cluster-cidr") != "" && v.GetBool("masquerade"),
 				Logger:           log,
 			}
@@ -90,6 +93,9 @@ func newDataplaneCmd() *cobra.Command {
 	f.Duration("min-sync-interval", 0, "least time between syncs (default 1s)")
 	f.Duration("sync-period", 0, "full resync period (default 30s)")
 	f.String("metrics-addr", "", "address to serve Prometheus /metrics on, e.g. 127.0.0.1:9964")
+	f.Int("service-entries", 0, "map size: service frontends (default 65536)")
+	f.Int("backend-entries", 0, "map size: service backends (default 65536)")
+	f.Int("connections", 0, "map size: tracked connections (default 524288)")
 	f.String("routing", "", "pod routing between nodes: native or vxlan (default: leave it to the CNI in use)")
 	f.String("endpoints-dir", "", "capstan-cni endpoint records, whose pod veths get the pod programs")
 	f.String("cluster-cidr", "", "the cluster's pod range; with --masquerade, pod traffic leaving it is SNATed")

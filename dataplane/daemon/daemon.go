@@ -72,7 +72,12 @@ type Config struct {
 
 	DefaultAlgorithm string
 	MaglevSeed       uint32
-	SNATAddr         netip.Addr
+	// Map sizes; zero takes ebpf's defaults (64k services and backends,
+	// 512k connections).
+	ServiceEntries int
+	BackendEntries int
+	Connections    int
+	SNATAddr       netip.Addr
 
 	// MinSyncInterval defaults to 1s, SyncPeriod (full resync) to 30s.
 	MinSyncInterval time.Duration
@@ -150,13 +155,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	ecfg := ebpf.Config{
-		PinDir:      cfg.PinDir,
-		MaglevSeed:  cfg.MaglevSeed,
-		SNATAddr:    cfg.SNATAddr,
-		Masquerade:  cfg.Masquerade,
-		ClusterCIDR: cfg.ClusterCIDR,
-		ServiceCIDR: cfg.ServiceCIDR,
-		Logger:      log,
+		PinDir:         cfg.PinDir,
+		MaglevSeed:     cfg.MaglevSeed,
+		ServiceEntries: cfg.ServiceEntries,
+		BackendEntries: cfg.BackendEntries,
+		Connections:    cfg.Connections,
+		SNATAddr:       cfg.SNATAddr,
+		Masquerade:     cfg.Masquerade,
+		ClusterCIDR:    cfg.ClusterCIDR,
+		ServiceCIDR:    cfg.ServiceCIDR,
+		Logger:         log,
 	}
 	if cfg.Routing == RoutingVXLAN {
 		var idx int
@@ -307,7 +315,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	case RoutingNative:
 		go (&nativeRouter{netns: cfg.Netns, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
 	case RoutingVXLAN:
-		go (&tunnelRouter{dp: dp, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
+		go (&tunnelRouter{netns: cfg.Netns, dp: dp, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
 	}
 	log.Info("dataplane running", "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
 	runner.Trigger()
@@ -388,6 +396,8 @@ func registerDatapathMetrics(reg prometheus.Registerer, dp *ebpf.Datapath) error
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "capstan_dataplane_map_writes_total", Help: "BPF map updates and deletions made by syncs.",
 		}, func() float64 { return float64(dp.MapWrites()) }),
+		&packetCounters{dp: dp, desc: prometheus.NewDesc("capstan_dataplane_packets_total",
+			"Packets the BPF programs counted, by path or drop reason.", []string{"reason"}, nil)},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}
@@ -397,6 +407,25 @@ func registerDatapathMetrics(reg prometheus.Registerer, dp *ebpf.Datapath) error
 		}
 	}
 	return nil
+}
+
+// packetCounters exports the datapath's per-CPU packet counters (summed
+// by the reader) at scrape time.
+type packetCounters struct {
+	dp   *ebpf.Datapath
+	desc *prometheus.Desc
+}
+
+func (c *packetCounters) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *packetCounters) Collect(ch chan<- prometheus.Metric) {
+	counts, err := c.dp.Counters()
+	if err != nil {
+		return
+	}
+	for reason, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
+	}
 }
 
 func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {

@@ -100,38 +100,69 @@ func (r *nativeRouter) sync() error {
 	for _, nr := range desiredRoutes(nodes, r.self) {
 		want[nr.PodCIDR] = nr.NodeIP
 	}
-	return inNetns(r.netns, func() error {
+	return syncKernelRoutes(r.netns, want, "", r.log)
+}
+
+// syncKernelRoutes makes the daemon's kernel routes (marked with
+// routeProtocol) in the netns equal to want: podCIDR via the node's
+// address, or, with dev, podCIDR through that device (the VXLAN device,
+// whose egress program picks the tunnel endpoint).
+func syncKernelRoutes(netns string, want map[netip.Prefix]netip.Addr, dev string, log *slog.Logger) error {
+	return inNetns(netns, func() error {
+		linkIndex := 0
+		if dev != "" {
+			l, err := netlink.LinkByName(dev)
+			if err != nil {
+				return fmt.Errorf("find %s: %w", dev, err)
+			}
+			linkIndex = l.Attrs().Index
+		}
+		matches := func(rt netlink.Route, gw netip.Addr) bool {
+			if dev != "" {
+				return rt.LinkIndex == linkIndex && rt.Gw == nil
+			}
+			return rt.Gw != nil && rt.Gw.Equal(net.IP(gw.AsSlice()))
+		}
 		var errs []error
 		have, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routeProtocol}, netlink.RT_FILTER_PROTOCOL)
 		if err != nil {
 			return fmt.Errorf("list routes: %w", err)
+		}
+		todo := map[netip.Prefix]netip.Addr{}
+		for p, gw := range want {
+			todo[p] = gw
 		}
 		for _, rt := range have {
 			if rt.Dst == nil {
 				continue
 			}
 			p, ok := netipPrefix(rt.Dst)
-			if gw, exists := want[p]; ok && exists && rt.Gw != nil && rt.Gw.Equal(net.IP(gw.AsSlice())) {
-				delete(want, p) // already right
+			gw, wanted := want[p]
+			if ok && wanted && matches(rt, gw) {
+				delete(todo, p) // already right
 				continue
 			}
-			if !ok || want[p] == (netip.Addr{}) {
+			if !ok || !wanted {
 				if err := netlink.RouteDel(&rt); err != nil {
 					errs = append(errs, fmt.Errorf("delete route %s: %w", rt.Dst, err))
 				}
 			}
 		}
-		for p, gw := range want {
+		for p, gw := range todo {
 			rt := &netlink.Route{
 				Dst:      &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
-				Gw:       gw.AsSlice(),
 				Protocol: routeProtocol,
 			}
+			if dev != "" {
+				rt.LinkIndex, rt.Scope = linkIndex, netlink.SCOPE_LINK
+			} else {
+				rt.Gw = gw.AsSlice()
+			}
 			if err := netlink.RouteReplace(rt); err != nil {
-				errs = append(errs, fmt.Errorf("route %s via %s: %w", p, gw, err))
+				errs = append(errs, fmt.Errorf("route %s: %w", p, err))
 				continue
 			}
-			r.log.Info("route to node pods", "podCIDR", p, "via", gw)
+			log.Info("route to node pods", "podCIDR", p, "node", gw, "dev", dev)
 		}
 		return errors.Join(errs...)
 	})
@@ -160,6 +191,9 @@ func ensureVXLAN() (int, error) {
 		if _, ok := l.(*netlink.Vxlan); !ok {
 			return 0, fmt.Errorf("%s exists and is not a vxlan device", vxlanDevice)
 		}
+		if err := netlink.LinkSetARPOff(l); err != nil {
+			return 0, err
+		}
 		return l.Attrs().Index, netlink.LinkSetUp(l)
 	}
 	v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: vxlanDevice}, FlowBased: true, Port: vxlanPort, Learning: false}
@@ -169,6 +203,10 @@ func ensureVXLAN() (int, error) {
 	l, err := netlink.LinkByName(vxlanDevice)
 	if err != nil {
 		return 0, err
+	}
+	// No ARP: the device's egress program addresses every packet.
+	if err := netlink.LinkSetARPOff(l); err != nil {
+		return 0, fmt.Errorf("set %s noarp: %w", vxlanDevice, err)
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return 0, fmt.Errorf("set %s up: %w", vxlanDevice, err)
@@ -182,7 +220,8 @@ func ensureVXLAN() (int, error) {
 // tunnelRouter keeps the BPF tunnel map equal to the remote nodes'
 // podCIDRs and addresses.
 type tunnelRouter struct {
-	dp interface {
+	netns string
+	dp    interface {
 		SetTunnelRoutes(map[netip.Prefix]netip.Addr) error
 	}
 	nodes corelisters.NodeLister
@@ -215,5 +254,10 @@ func (r *tunnelRouter) sync() error {
 	for _, nr := range desiredRoutes(nodes, r.self) {
 		want[nr.PodCIDR] = nr.NodeIP
 	}
-	return r.dp.SetTunnelRoutes(want)
+	if err := r.dp.SetTunnelRoutes(want); err != nil {
+		return err
+	}
+	// The node's own traffic to remote pods takes these routes into the
+	// device; pods' traffic is encapsulated before the stack sees it.
+	return syncKernelRoutes(r.netns, want, vxlanDevice, r.log)
 }

@@ -82,9 +82,11 @@ func (d *Datapath) AttachNode(ifindex int) (*Attachment, error) {
 // VXLAN device (VXLAN mode): decapsulated packets go straight into local pods' netns, the
 // rest to the stack. Without it the stack drops what arrives through the tunnel, whose inner
 // destination MAC is not the device's.
+// Its egress program gives packets the stack routed into the device their tunnel key.
 func (d *Datapath) AttachTunnel(ifindex int) (*Attachment, error) {
 	return attachAll([]func() (link.Link, error){
 		tcxAttacher(ifindex, ebpf.AttachTCXIngress, d.tcNode.TcTunnelIngress),
+		tcxAttacher(ifindex, ebpf.AttachTCXEgress, d.tcNode.TcTunnelEgress),
 	})
 }
 

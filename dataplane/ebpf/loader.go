@@ -174,6 +174,7 @@ type Datapath struct {
 type Programs struct {
 	SockConnect4, SockSendmsg4, SockRecvmsg4, SockGetpeername4, SockRelease *ebpf.Program
 	PodIngress, PodEgress, NodeIngress, NodeEgress, TunnelIngress           *ebpf.Program
+	TunnelEgress                                                            *ebpf.Program
 }
 
 // Load checks the kernel, loads the socket, pod and node programs with one shared set of maps
@@ -357,6 +358,7 @@ func (d *Datapath) Programs() Programs {
 		NodeIngress:      d.tcNode.TcNodeIngress,
 		NodeEgress:       d.tcNode.TcNodeEgress,
 		TunnelIngress:    d.tcNode.TcTunnelIngress,
+		TunnelEgress:     d.tcNode.TcTunnelEgress,
 	}
 }
 

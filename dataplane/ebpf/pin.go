@@ -77,7 +77,7 @@ func (d *Datapath) AttachPodPinned(ifindex int) (*Attachment, error) {
 
 // AttachTunnelPinned is AttachTunnel with the link pinned under the pin directory.
 func (d *Datapath) AttachTunnelPinned(ifindex int) (*Attachment, error) {
-	return d.attachPinned(tcxPinned("tunnel", ifindex, d.tcNode.TcTunnelIngress, nil))
+	return d.attachPinned(tcxPinned("tunnel", ifindex, d.tcNode.TcTunnelIngress, d.tcNode.TcTunnelEgress))
 }
 
 // tcxPinned makes the pinned links of a device; a nil program is not attached.

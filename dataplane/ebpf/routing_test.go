@@ -247,6 +247,21 @@ func TestTunnelRouting(t *testing.T) {
 		t.Fatalf("counters %v, want one tunnel_deliver and one tunnel_host", c)
 	}
 
+	// The node's own packets the stack routed into the VXLAN device get their tunnel key
+	// there; a destination without a tunnel route cannot be sent.
+	egress := vx.Programs().TunnelEgress
+	host := packet{src: netip.AddrPortFrom(nodeIP, 40000), dst: ap("10.244.3.4:8080"), proto: TCP, tcpFlags: tcpSYN}
+	if ret, _ := runTC(t, egress, ifindex, host.bytes()); ret != tcActOK {
+		t.Fatalf("tunnel egress, host to remote pod: verdict %d, want TC_ACT_OK", ret)
+	}
+	if c := counters(t, vx); c["tunnel_encap"] != 3 {
+		t.Fatalf("counters %v, want the host packet counted as tunnel_encap", c)
+	}
+	host.dst = ap("192.0.2.1:443")
+	if ret, _ := runTC(t, egress, ifindex, host.bytes()); ret != tcActShot {
+		t.Fatalf("tunnel egress, no tunnel route: verdict %d, want TC_ACT_SHOT", ret)
+	}
+
 	if err := vx.DeleteTunnelRoute(netip.MustParsePrefix("10.244.0.0/16")); err != nil {
 		t.Fatal(err)
 	}
@@ -497,9 +512,11 @@ func TestAttachTunnelPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := "tunnel-" + itoa(ifindex) + "-ingress"
+	egress := "tunnel-" + itoa(ifindex) + "-egress"
 	first := pinnedLinks(t, cfg.PinDir)
-	if len(first) != 1 || first[name][1] != progID(t, d1.Programs().TunnelIngress) {
-		t.Fatalf("pinned links %v, want only %s running the tunnel program", first, name)
+	if len(first) != 2 || first[name][1] != progID(t, d1.Programs().TunnelIngress) ||
+		first[egress][1] != progID(t, d1.Programs().TunnelEgress) {
+		t.Fatalf("pinned links %v, want %s and %s running the tunnel programs", first, name, egress)
 	}
 	if err := a1.Release(); err != nil {
 		t.Fatal(err)
@@ -513,8 +530,9 @@ func TestAttachTunnelPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := pinnedLinks(t, cfg.PinDir)
-	if second[name][0] != first[name][0] || second[name][1] != progID(t, d2.Programs().TunnelIngress) {
-		t.Fatalf("link %v after restart, was %v: want the same link running the new program", second[name], first[name])
+	if second[name][0] != first[name][0] || second[name][1] != progID(t, d2.Programs().TunnelIngress) ||
+		second[egress][0] != first[egress][0] || second[egress][1] != progID(t, d2.Programs().TunnelEgress) {
+		t.Fatalf("links %v after restart, were %v: want the same links running the new programs", second, first)
 	}
 	if err := a2.Close(); err != nil {
 		t.Fatal(err)

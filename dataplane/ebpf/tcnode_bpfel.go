@@ -32,6 +32,7 @@ const (
 	tcNodeMapTunnelRoutes     = "tunnel_routes"
 	tcNodeProgTcNodeEgress    = "tc_node_egress"
 	tcNodeProgTcNodeIngress   = "tc_node_ingress"
+	tcNodeProgTcTunnelEgress  = "tc_tunnel_egress"
 	tcNodeProgTcTunnelIngress = "tc_tunnel_ingress"
 	tcNodeVarClusterCidrAddr  = "cluster_cidr_addr"
 	tcNodeVarClusterCidrMask  = "cluster_cidr_mask"
@@ -94,6 +95,7 @@ type tcNodeSpecs struct {
 type tcNodeProgramSpecs struct {
 	TcNodeEgress    *ebpf.ProgramSpec `ebpf:"tc_node_egress"`
 	TcNodeIngress   *ebpf.ProgramSpec `ebpf:"tc_node_ingress"`
+	TcTunnelEgress  *ebpf.ProgramSpec `ebpf:"tc_tunnel_egress"`
 	TcTunnelIngress *ebpf.ProgramSpec `ebpf:"tc_tunnel_ingress"`
 }
 
@@ -220,6 +222,7 @@ type tcNodeVariables struct {
 type tcNodePrograms struct {
 	TcNodeEgress    *ebpf.Program `ebpf:"tc_node_egress"`
 	TcNodeIngress   *ebpf.Program `ebpf:"tc_node_ingress"`
+	TcTunnelEgress  *ebpf.Program `ebpf:"tc_tunnel_egress"`
 	TcTunnelIngress *ebpf.Program `ebpf:"tc_tunnel_ingress"`
 }
 
@@ -227,6 +230,7 @@ func (p *tcNodePrograms) Close() error {
 	return _TcNodeClose(
 		p.TcNodeEgress,
 		p.TcNodeIngress,
+		p.TcTunnelEgress,
 		p.TcTunnelIngress,
 	)
 }

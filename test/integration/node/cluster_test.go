@@ -133,6 +133,13 @@ func TestCrossNode(t *testing.T) {
 				})
 			}
 
+			// The node itself (its own processes, as probes and host
+			// sockets) reaches a pod on the other node.
+			a.eventually(30*time.Second, "node A's host reaches pod b", func() (bool, string) {
+				body, err := a.httpGet(ips["b"]+":8080", "/hostname")
+				return err == nil && strings.TrimSpace(body) == "b", fmt.Sprintf("%v %q", err, body)
+			})
+
 			// `capstan dp routes` shows node A's pods and, in VXLAN mode,
 			// where node B's pods are.
 			out, err := exec.Command(capstanBin, "dp", "routes", "--pin-dir", a.pinDir()).CombinedOutput()

@@ -313,9 +313,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	switch cfg.Routing {
 	case RoutingNative:
-		go (&nativeRouter{netns: cfg.Netns, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
+		r := &nativeRouter{netns: cfg.Netns, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}
+		go syncLoop(ctx, routesKick, r.sync, log, "node routes")
 	case RoutingVXLAN:
-		go (&tunnelRouter{netns: cfg.Netns, dp: dp, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}).run(ctx, routesKick)
+		r := &tunnelRouter{netns: cfg.Netns, dp: dp, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}
+		go syncLoop(ctx, routesKick, r.sync, log, "tunnel routes")
 	}
 	log.Info("dataplane running", "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
 	runner.Trigger()

@@ -75,12 +75,14 @@ type nativeRouter struct {
 	log   *slog.Logger
 }
 
-func (r *nativeRouter) run(ctx context.Context, kick <-chan struct{}) {
+// syncLoop runs sync now, on every kick (a Node changed) and every 10 s,
+// until ctx ends; a failure is retried on the next round.
+func syncLoop(ctx context.Context, kick <-chan struct{}, sync func() error, log *slog.Logger, what string) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
 	for {
-		if err := r.sync(); err != nil {
-			r.log.Warn("sync node routes", "err", err)
+		if err := sync(); err != nil {
+			log.Warn("sync "+what, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -227,22 +229,6 @@ type tunnelRouter struct {
 	nodes corelisters.NodeLister
 	self  string
 	log   *slog.Logger
-}
-
-func (r *tunnelRouter) run(ctx context.Context, kick <-chan struct{}) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		if err := r.sync(); err != nil {
-			r.log.Warn("sync tunnel routes", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-kick:
-		case <-t.C:
-		}
-	}
 }
 
 func (r *tunnelRouter) sync() error {

@@ -14,7 +14,9 @@ func TestDesiredRoutes(t *testing.T) {
 		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: corev1.NodeSpec{PodCIDR: cidr}, Status: corev1.NodeStatus{Addresses: addrs}}
 	}
-	internal := func(ip string) corev1.NodeAddress { return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip} }
+	internal := func(ip string) corev1.NodeAddress {
+		return corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip}
+	}
 	got := desiredRoutes([]*corev1.Node{
 		node("self", "10.244.0.0/24", internal("172.31.0.2")),
 		node("b", "10.244.1.0/24", corev1.NodeAddress{Type: corev1.NodeHostName, Address: "b"}, internal("172.31.0.3")),

@@ -47,7 +47,7 @@ func newRoot() *cobra.Command {
 		DisableFlagParsing: true,
 		Run:                func(cmd *cobra.Command, args []string) { os.Exit(runKubectl(args)) },
 	})
-	root.AddCommand(newImagesCmd(), newAgentCmd(), newLogDriverCmd())
+	root.AddCommand(newImagesCmd(), newAgentCmd(), newLogDriverCmd(), newUpCmd(), newDownCmd())
 	return root
 }
 

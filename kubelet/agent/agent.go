@@ -100,10 +100,29 @@ func Run(ctx context.Context, cfg Config) error {
 	nodeDir := filepath.Join(cfg.DataDir, "nodes", cfg.NodeName)
 	runDir := filepath.Join(cfg.RunDir, cfg.NodeName)
 
-	creds, err := bootstrap.Join(ctx, bootstrap.Options{
-		Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile, Insecure: cfg.Insecure,
-		NodeName: cfg.NodeName, Addrs: cfg.NodeIPs, Dir: filepath.Join(nodeDir, "pki"),
-	})
+	// A server that is still starting refuses connections: keep trying
+	// for a while (an agent and its server are often started together).
+	var (
+		creds *bootstrap.Credentials
+		err   error
+	)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		creds, err = bootstrap.Join(ctx, bootstrap.Options{
+			Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile, Insecure: cfg.Insecure,
+			NodeName: cfg.NodeName, Addrs: cfg.NodeIPs, Dir: filepath.Join(nodeDir, "pki"),
+		})
+		var opErr *net.OpError
+		if err == nil || !errors.As(err, &opErr) || time.Now().After(deadline) {
+			break
+		}
+		log.Info("server not reachable yet; retrying join", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/capstan-net/capstan/cluster"
+)
+
+func clusterConfig(v *viper.Viper) (cluster.Config, error) {
+	cfg := cluster.Config{
+		Name:             v.GetString("name"),
+		DataDir:          v.GetString("data-dir"),
+		RunDir:           v.GetString("run-dir"),
+		Nodes:            v.GetInt("nodes"),
+		Routing:          v.GetString("routing"),
+		Port:             v.GetInt("port"),
+		Images:           v.GetStringSlice("images"),
+		ContainerdSocket: v.GetString("containerd-socket"),
+	}
+	if s := v.GetString("subnet"); s != "" {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--subnet: %w", err)
+		}
+		cfg.Subnet = p
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Binary, _ = filepath.EvalSymlinks(self)
+	return cfg, nil
+}
+
+func clusterFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.String("name", cluster.DefaultName, "cluster name; prefixes its network namespaces and links")
+	f.String("data-dir", "/var/lib/capstan", "state directory (the cluster's is <data-dir>/cluster)")
+	f.String("run-dir", "/run/capstan", "runtime directory")
+	f.String("subnet", cluster.DefaultSubnet, "underlay /24: the host is .1, nodes .11 and up, the outside client .250")
+	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket (scripts/containerd.sh starts one)")
+}
+
+func newUpCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start (or resume) a local multi-node cluster, each node a network namespace",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			cfg, err := clusterConfig(v)
+			if err != nil {
+				return err
+			}
+			cfg.Log = log
+			ctx, cancel := signalContext()
+			defer cancel()
+			st, err := cluster.Up(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			kc := cluster.Kubeconfig(cfg.DataDir)
+			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is starting: server on %s, nodes %v (%s routing).
+Kubeconfig: %s (capstan kubectl uses it; or export KUBECONFIG=%s)
+  capstan kubectl get nodes -o wide
+  capstan dp services --node-name %s      (a node's eBPF maps)
+  ip netns exec %s-outside curl http://<node IP>:<nodePort>/    (a client outside the cluster)
+Logs: %s/cluster/logs/. Remove everything with: capstan down
+`, st.Name, cfg.Subnet.Addr().Next(), st.Nodes, st.Routing, kc, kc, st.Nodes[0], st.Name, cfg.DataDir)
+			return nil
+		},
+	}
+	clusterFlags(cmd)
+	f := cmd.Flags()
+	f.Int("nodes", 3, "number of nodes")
+	f.String("routing", "native", "pod routing between nodes: native or vxlan")
+	f.Int("port", 6443, "API server port on the underlay address")
+	f.StringSlice("images", nil, "image archives every node imports (make images builds bin/images/capstan-test-images.tar)")
+	return cmd
+}
+
+func newDownCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the local cluster and remove everything it made",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			cfg, err := clusterConfig(v)
+			if err != nil {
+				return err
+			}
+			cfg.Log = log
+			ctx, cancel := signalContext()
+			defer cancel()
+			return cluster.Down(ctx, cfg)
+		},
+	}
+	clusterFlags(cmd)
+	return cmd
+}

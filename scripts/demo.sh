@@ -28,19 +28,24 @@ for i in $(seq 180); do
 done
 
 set -x
-"$CAPSTAN" kubectl apply -f examples/hello.yaml
-"$CAPSTAN" kubectl scale deployment hello --replicas=3
-"$CAPSTAN" kubectl rollout status deployment/hello --timeout=180s
+"$CAPSTAN" kubectl apply -f examples/demo/
+"$CAPSTAN" kubectl rollout status deployment/echo --timeout=180s
 "$CAPSTAN" kubectl get nodes,pods,services -o wide
 set +x
-pod=$("$CAPSTAN" kubectl get pods -l app=hello -o jsonpath='{.items[0].metadata.name}')
-cip=$("$CAPSTAN" kubectl get service hello -o jsonpath='{.spec.clusterIP}')
-nport=$("$CAPSTAN" kubectl get service hello -o jsonpath='{.spec.ports[0].nodePort}')
+pod=$("$CAPSTAN" kubectl get pods -l app=echo -o jsonpath='{.items[0].metadata.name}')
+cip=$("$CAPSTAN" kubectl get service echo -o jsonpath='{.spec.clusterIP}')
+hip=$("$CAPSTAN" kubectl get service echo-source-hash -o jsonpath='{.spec.clusterIP}')
+nport=$("$CAPSTAN" kubectl get service echo-nodeport -o jsonpath='{.spec.ports[0].nodePort}')
 
 echo
 echo "== ClusterIP $cip:80 from pod $pod: the eBPF socket load balancer picks a backend per connection"
 for i in $(seq 6); do
   "$CAPSTAN" kubectl exec "$pod" -- /capstan-echo connect --protocol http "$cip:80"
+done
+echo
+echo "== source-hash (Maglev) Service $hip:80 from the same pod: one client, always the same backend"
+for i in $(seq 6); do
+  "$CAPSTAN" kubectl exec "$pod" -- /capstan-echo connect --protocol http "$hip:80"
 done
 echo
 echo "== NodePort $nport from the 'outside' namespace, to every node"
@@ -56,7 +61,7 @@ cat <<MSG
 The cluster keeps running. Try next:
   $CAPSTAN kubectl get pods -o wide
   $CAPSTAN dp services --node-name node-1      (also: backends, ct, routes, stats)
-  $CAPSTAN kubectl annotate service hello lb.capstan.io/algorithm=round-robin
-  $CAPSTAN kubectl logs -f deployment/hello
+  $CAPSTAN kubectl annotate service echo lb.capstan.io/algorithm=round-robin
+  $CAPSTAN kubectl logs -f deployment/echo
 Remove everything: $CAPSTAN down
 MSG

@@ -11,7 +11,7 @@ LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build containerd test test-unit test-external-etcd generate generate-check lint demo bench clean images
+.PHONY: all build containerd e2e test test-unit test-external-etcd generate generate-check lint demo bench clean images
 
 all: build
 
@@ -38,6 +38,10 @@ test-unit:
 # /run/capstan/containerd) for the node agent's tests.
 containerd:
 	./scripts/containerd.sh start
+
+# The end-to-end suite alone, with its per-scenario table (it also runs in test-unit).
+e2e: containerd
+	$(GO) test -count=1 -v -run TestE2E ./test/e2e/ | grep -A20 -E '^\s+SCENARIO|FAIL'
 
 test-external-etcd:
 	./scripts/test-external-etcd.sh

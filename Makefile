@@ -41,7 +41,8 @@ containerd:
 
 # The end-to-end suite alone, with its per-scenario table (it also runs in test-unit).
 e2e: containerd
-	$(GO) test -count=1 -v -run TestE2E ./test/e2e/ | grep -A20 -E '^\s+SCENARIO|FAIL'
+	@mkdir -p $(BIN); $(GO) test -count=1 -v -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
+	  grep -A20 -E '^\s+SCENARIO' $(BIN)/e2e.log; tail -3 $(BIN)/e2e.log; exit $$rc
 
 test-external-etcd:
 	./scripts/test-external-etcd.sh

@@ -163,13 +163,13 @@ func TestE2E(t *testing.T) {
 		results = append(results, result{sc.name, ok, time.Since(start)})
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-58s %-6s %s\n", "SCENARIO", "RESULT", "TIME")
+	fmt.Fprintf(&b, "\n%-66s %-6s %s\n", "SCENARIO", "RESULT", "TIME")
 	for _, r := range results {
 		res := "pass"
 		if !r.ok {
 			res = "FAIL"
 		}
-		fmt.Fprintf(&b, "%-58s %-6s %v\n", r.name, res, r.took.Round(10*time.Millisecond))
+		fmt.Fprintf(&b, "%-66s %-6s %v\n", r.name, res, r.took.Round(10*time.Millisecond))
 	}
 	t.Log(b.String())
 }
@@ -228,6 +228,16 @@ func (e *env) setup(t *testing.T) {
 	svc("echo-rr", "round-robin", corev1.ServiceTypeClusterIP, http)
 	svc("echo-hash", "source-hash", corev1.ServiceTypeClusterIP, http)
 	svc("echo-np", "", corev1.ServiceTypeNodePort, http)
+	local := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "echo-local"}, Spec: corev1.ServiceSpec{
+		Selector: labels, Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{http},
+		ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal}}
+	affinity := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "echo-affinity"}, Spec: corev1.ServiceSpec{
+		Selector: labels, Ports: []corev1.ServicePort{http}, SessionAffinity: corev1.ServiceAffinityClientIP}}
+	for _, s := range []*corev1.Service{local, affinity} {
+		if _, err := e.cs.CoreV1().Services(e.ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := eventually(3*time.Minute, func() error {
 		d, err := e.cs.AppsV1().Deployments(e.ns).Get(ctx, "echo", metav1.GetOptions{})
 		if err != nil {
@@ -327,6 +337,67 @@ func scenarios() []scenario {
 				}); err != nil {
 					t.Fatal(err)
 				}
+			}
+		}},
+		{"externalTrafficPolicy Local: local endpoint only, client IP kept", func(t *testing.T, e *env) {
+			s, err := e.cs.CoreV1().Services(e.ns).Get(context.Background(), "echo-local", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			onNode := map[string]string{}
+			for _, p := range e.echoPods(t) {
+				onNode[p.Spec.NodeName] = p.Name
+			}
+			outsideIP := e.cfg.Subnet.Addr().As4()
+			outsideIP[3] = 250
+			for node, ip := range e.nodeIPs {
+				base := fmt.Sprintf("http://%s:%d", ip, s.Spec.Ports[0].NodePort)
+				for i := 0; i < 4; i++ {
+					var host string
+					if err := eventually(20*time.Second, func() error {
+						host, err = e.outside(base + "/hostname")
+						if err != nil || host != onNode[node] {
+							return fmt.Errorf("%s: %v %q, want the pod on %s (%s)", base, err, host, node, onNode[node])
+						}
+						return nil
+					}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				peer, err := e.outside(base + "/clientip")
+				if err != nil || !strings.HasPrefix(peer, netip.AddrFrom4(outsideIP).String()+":") {
+					t.Fatalf("%s/clientip = %q, %v: want the outside client's address", base, peer, err)
+				}
+			}
+		}},
+		{"sessionAffinity ClientIP keeps a client on one backend", func(t *testing.T, e *env) {
+			ip := e.clusterIP(t, "echo-affinity")
+			first := ""
+			for i := 0; i < 6; i++ {
+				out, err := e.connect("client-3", "http", ip+":80")
+				if err != nil {
+					t.Fatalf("request %d: %v %q", i, err, out)
+				}
+				if first == "" {
+					first = out
+				} else if out != first {
+					t.Fatalf("affinity broken: %s then %s", first, out)
+				}
+			}
+		}},
+		{"random spreads over every backend", func(t *testing.T, e *env) {
+			// 30 draws from 3 backends miss one with probability 3*(2/3)^30, about 1e-5.
+			ip := e.clusterIP(t, "echo")
+			seen := map[string]int{}
+			for i := 0; i < 30; i++ {
+				out, err := e.connect("client-1", "http", ip+":80")
+				if err != nil {
+					t.Fatalf("request %d: %v %q", i, err, out)
+				}
+				seen[out]++
+			}
+			if len(seen) != 3 {
+				t.Fatalf("30 random picks reached only %v", seen)
 			}
 		}},
 		{"round-robin rotates over every backend", func(t *testing.T, e *env) {

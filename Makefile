@@ -39,9 +39,9 @@ test-unit:
 containerd:
 	./scripts/containerd.sh start
 
-# The end-to-end suite alone, with its per-scenario table (it also runs in test-unit).
+# The end-to-end suite (build tag e2e: not yet in `make test`, see the note), with its table.
 e2e: containerd
-	@mkdir -p $(BIN); $(GO) test -count=1 -v -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
+	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
 	  grep -A20 -E '^\s+SCENARIO' $(BIN)/e2e.log; tail -3 $(BIN)/e2e.log; exit $$rc
 
 test-external-etcd:

@@ -1,3 +1,5 @@
+//go:build e2e
+
 // Package e2e runs scenarios on a fresh local cluster (`capstan up`: three
 // nodes in network namespaces, real containerd, etcd and kernel eBPF) and
 // prints a per-scenario table of results and times.

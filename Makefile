@@ -27,9 +27,9 @@ images:
 	$(GO) run ./test/images/build -o $(BIN)/images/capstan-test-images.tar
 
 # Everything: lint, regenerate BPF objects (must match the committed ones),
-# unit and integration tests (embedded etcd), then the
-# API suite again against a separately started etcd process.
-test: lint generate-check containerd test-unit test-external-etcd
+# unit and integration tests (embedded etcd), the API suite again against a
+# separately started etcd process, then the end-to-end suite.
+test: lint generate-check containerd test-unit test-external-etcd e2e
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
@@ -39,10 +39,14 @@ test-unit:
 containerd:
 	./scripts/containerd.sh start
 
-# The end-to-end suite (build tag e2e: not yet in `make test`, see the note), with its table.
+# The end-to-end suite: fresh 3-node clusters (native/eBPF, VXLAN/eBPF,
+# native/iptables) and a table of scenarios; the whole log is in bin/e2e.log,
+# and a failure prints its details. CAPSTAN_E2E_CASES=native/ebpf runs one cluster.
 e2e: containerd
-	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
-	  grep -A20 -E '^\s+SCENARIO' $(BIN)/e2e.log; tail -3 $(BIN)/e2e.log; exit $$rc
+	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -timeout 40m -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
+	  grep -A60 -E '^\s+CLUSTER +SCENARIO' $(BIN)/e2e.log | grep -E '^\s+(CLUSTER|[a-z]+/[a-z]+) '; \
+	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/e2e.log)"; grep -B2 -A40 -E '^\s+[a-z_]+_test\.go:[0-9]+: ' $(BIN)/e2e.log | head -300; fi; \
+	  tail -3 $(BIN)/e2e.log; exit $$rc
 
 test-external-etcd:
 	./scripts/test-external-etcd.sh
@@ -58,6 +62,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^vendor/')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./test/e2e/
 
 demo: build
 	./scripts/demo.sh

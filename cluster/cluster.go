@@ -32,6 +32,11 @@ type Config struct {
 	RunDir  string
 	Nodes   int
 	Routing string // native or vxlan
+	// Mode is how nodes implement Services: ebpf (the default) or iptables.
+	Mode string
+	// ServerArgs are extra `capstan server` flags (tests shorten the node
+	// monitor grace period with them).
+	ServerArgs []string
 	// Subnet is the underlay /24: .1 is the host (and the server), nodes
 	// are .11 upwards, the outside client .250.
 	Subnet           netip.Prefix
@@ -44,6 +49,9 @@ type Config struct {
 
 // Defaults for `capstan up`.
 const (
+	clusterCIDR = "10.244.0.0/16"
+	serviceCIDR = "10.96.0.0/16"
+
 	DefaultName   = "capstan"
 	DefaultSubnet = "172.30.0.0/24"
 )
@@ -53,6 +61,7 @@ type State struct {
 	Name    string   `json:"name"`
 	Nodes   []string `json:"nodes"`
 	Routing string   `json:"routing"`
+	Mode    string   `json:"mode,omitempty"`
 	Subnet  string   `json:"subnet"`
 	Port    int      `json:"port"`
 	// MountedBPFFS records that Up mounted /sys/fs/bpf, for Down to undo.
@@ -74,6 +83,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Routing != "native" && c.Routing != "vxlan" {
 		return fmt.Errorf("--routing %q: want native or vxlan", c.Routing)
+	}
+	if c.Mode == "" {
+		c.Mode = "ebpf"
+	}
+	if c.Mode != "ebpf" && c.Mode != "iptables" {
+		return fmt.Errorf("--mode %q: want ebpf or iptables", c.Mode)
 	}
 	if !c.Subnet.IsValid() {
 		c.Subnet = netip.MustParsePrefix(DefaultSubnet)
@@ -139,7 +154,7 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.dir(), "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	st := &State{Name: cfg.Name, Routing: cfg.Routing, Subnet: cfg.Subnet.String(), Port: cfg.Port}
+	st := &State{Name: cfg.Name, Routing: cfg.Routing, Mode: cfg.Mode, Subnet: cfg.Subnet.String(), Port: cfg.Port}
 	old, oldErr := readState(cfg.stateFile())
 	if oldErr == nil {
 		st.MountedBPFFS = old.MountedBPFFS
@@ -157,6 +172,15 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		// Resuming: keep what the cluster was made with.
 		if len(old.Nodes) > 0 && old.Routing != cfg.Routing {
 			return nil, fmt.Errorf("cluster %s runs with --routing %s; run capstan down first to change it", cfg.Name, old.Routing)
+		}
+		// A node switches modes by restarting its agent, which cleans up the
+		// other mode's programs or rules; a running agent would keep the old one.
+		if oldMode := old.Mode; len(old.Nodes) > 0 && oldMode != "" && oldMode != cfg.Mode {
+			for _, n := range old.Nodes {
+				if cfg.running(n) != 0 {
+					return nil, fmt.Errorf("cluster %s runs in --mode %s and node %s is up; run capstan down (or stop its agents) to change it", cfg.Name, oldMode, n)
+				}
+			}
 		}
 	}
 	for i := 0; i < cfg.Nodes; i++ {
@@ -207,8 +231,8 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	}
 
 	serverDir := filepath.Join(cfg.dir(), "server")
-	if err := cfg.start("server", []string{cfg.Binary, "server", "--data-dir", serverDir,
-		"--bind-address", cfg.hostIP(), "--advertise-address", cfg.hostIP(), "--secure-port", strconv.Itoa(cfg.Port)}); err != nil {
+	if err := cfg.start("server", append([]string{cfg.Binary, "server", "--data-dir", serverDir,
+		"--bind-address", cfg.hostIP(), "--advertise-address", cfg.hostIP(), "--secure-port", strconv.Itoa(cfg.Port)}, cfg.ServerArgs...)); err != nil {
 		return nil, err
 	}
 	admin := filepath.Join(serverDir, "admin.kubeconfig")
@@ -232,14 +256,21 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		if err := netnsOn(ns, cfg.hostVeth(i), cfg.nodeIP(i)); err != nil {
 			return nil, err
 		}
+		// Real nodes reach ClusterIPs through their default route, which
+		// iptables mode needs for the node's own connections (the nat
+		// OUTPUT hook runs after the route lookup). These nodes have no
+		// default route, so they get one for the Service range alone.
+		if err := run("ip", "-n", ns, "route", "replace", serviceCIDR, "dev", "eth0"); err != nil {
+			return nil, err
+		}
 		args := []string{"nsenter", "--net=/run/netns/" + ns, cfg.Binary, "agent",
 			"--server", "https://" + cfg.hostIP() + ":" + strconv.Itoa(cfg.Port),
 			"--token", strings.TrimSpace(string(tok)), "--ca-file", filepath.Join(serverDir, "pki", "ca.crt"),
 			"--node-name", node, "--node-ip", cfg.nodeIP(i),
 			"--data-dir", cfg.DataDir, "--run-dir", cfg.RunDir,
 			"--cni-conf-dir", filepath.Join(cfg.DataDir, "nodes", node, "cni"),
-			"--containerd-socket", cfg.ContainerdSocket, "--routing", cfg.Routing,
-			"--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16",
+			"--containerd-socket", cfg.ContainerdSocket, "--routing", cfg.Routing, "--mode", cfg.Mode,
+			"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR,
 		}
 		for _, img := range cfg.Images {
 			args = append(args, "--import-images", img)
@@ -249,6 +280,19 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		}
 	}
 	return st, nil
+}
+
+// StopAgent stops one node's agent and leaves its pods, programs and state in
+// place, as a crashed or stopped kubelet would; Up starts it again.
+func StopAgent(cfg Config, node string) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	if cfg.running(node) == 0 {
+		return fmt.Errorf("node %s: no agent running", node)
+	}
+	cfg.stop(node)
+	return nil
 }
 
 // Down stops the cluster's processes and removes its containers, images,

@@ -84,6 +84,7 @@ func newAgentCmd() *cobra.Command {
 					DefaultAlgorithm: v.GetString("lb-algorithm"),
 					MetricsAddr:      v.GetString("dataplane-metrics-addr"),
 					Routing:          v.GetString("routing"),
+					Mode:             v.GetString("mode"),
 					ClusterCIDR:      clusterCIDR,
 					ServiceCIDR:      serviceCIDR,
 					Masquerade:       v.GetBool("masquerade"),
@@ -116,6 +117,7 @@ func newAgentCmd() *cobra.Command {
 	f.String("bpf-pin-dir", "", "bpf filesystem directory for the dataplane's maps and links (default /sys/fs/bpf/capstan/<node>)")
 	f.StringSlice("dataplane-devices", []string{"eth0"}, "node devices that get the NodePort programs")
 	f.String("lb-algorithm", "random", "default Service load-balancing algorithm: random, round-robin, least-conn, source-hash")
+	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules, for comparison) or none (an external kube-proxy)")
 	f.String("routing", "native", "how pods reach other nodes' pods: native (a route per node) or vxlan")
 	f.String("cluster-cidr", "10.244.0.0/16", "the cluster's pod range (masquerade source)")
 	f.String("service-cidr", "10.96.0.0/16", "the cluster's Service range (never masqueraded)")

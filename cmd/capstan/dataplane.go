@@ -40,6 +40,7 @@ func newDataplaneCmd() *cobra.Command {
 				SyncPeriod:       v.GetDuration("sync-period"),
 				MetricsAddr:      v.GetString("metrics-addr"),
 				Routing:          v.GetString("routing"),
+				Mode:             v.GetString("mode"),
 				EndpointsDir:     v.GetString("endpoints-dir"),
 				ServiceEntries:   v.GetInt("service-entries"),
 				BackendEntries:   v.GetInt("backend-entries"),
@@ -96,6 +97,7 @@ func newDataplaneCmd() *cobra.Command {
 	f.Int("service-entries", 0, "map size: service frontends (default 65536)")
 	f.Int("backend-entries", 0, "map size: service backends (default 65536)")
 	f.Int("connections", 0, "map size: tracked connections (default 524288)")
+	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules) or none (an external kube-proxy)")
 	f.String("routing", "", "pod routing between nodes: native or vxlan (default: leave it to the CNI in use)")
 	f.String("endpoints-dir", "", "capstan-cni endpoint records, whose pod veths get the pod programs")
 	f.String("cluster-cidr", "", "the cluster's pod range; with --masquerade, pod traffic leaving it is SNATed")

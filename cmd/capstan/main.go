@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/capstan-net/capstan/control/controllers/nodelifecycle"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -47,7 +48,7 @@ func newRoot() *cobra.Command {
 		DisableFlagParsing: true,
 		Run:                func(cmd *cobra.Command, args []string) { os.Exit(runKubectl(args)) },
 	})
-	root.AddCommand(newImagesCmd(), newAgentCmd(), newLogDriverCmd(), newUpCmd(), newDownCmd())
+	root.AddCommand(newImagesCmd(), newAgentCmd(), newLogDriverCmd(), newUpCmd(), newDownCmd(), newNodeExecCmd())
 	return root
 }
 
@@ -128,7 +129,14 @@ func newServerCmd() *cobra.Command {
 					LeaderElect:      v.GetBool("leader-elect"),
 					ClusterCIDR:      v.GetString("cluster-cidr"),
 					NodeCIDRMaskSize: v.GetInt("node-cidr-mask-size"),
+					NodeLifecycle: nodelifecycle.Config{
+						GracePeriod:       v.GetDuration("node-monitor-grace-period"),
+						TolerationSeconds: v.GetInt64("default-unreachable-toleration-seconds"),
+					},
 				},
+			}
+			if cfg.Controllers.NodeLifecycle.GracePeriod < 0 || cfg.Controllers.NodeLifecycle.TolerationSeconds < 0 {
+				return fmt.Errorf("--node-monitor-grace-period and --default-unreachable-toleration-seconds must not be negative")
 			}
 			if cfg.SecurePort < 0 || cfg.SecurePort > 65535 {
 				return fmt.Errorf("--secure-port %d is out of range 0-65535", cfg.SecurePort)
@@ -155,6 +163,8 @@ func newServerCmd() *cobra.Command {
 	f.StringSlice("controllers", []string{"*"}, `control loops to run: "*" for all, "name" to enable, "-name" to disable (scheduler, replicaset, deployment, daemonset, endpointslice, nodeipam, nodelifecycle, garbagecollector, namespace)`)
 	f.String("cluster-cidr", "10.244.0.0/16", "range that node pod CIDRs are carved from")
 	f.Int("node-cidr-mask-size", 24, "prefix length of each node's pod CIDR")
+	f.Duration("node-monitor-grace-period", nodelifecycle.DefaultGracePeriod, "how long a node may go without a heartbeat before it is marked unreachable")
+	f.Int64("default-unreachable-toleration-seconds", nodelifecycle.DefaultTolerationSeconds, "how long pods without their own toleration stay on an unreachable node before eviction")
 	f.Bool("leader-elect", true, "run control loops only in the server holding their Lease, for several servers on one etcd")
 	return cmd
 }

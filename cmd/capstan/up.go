@@ -1,9 +1,11 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -19,6 +21,7 @@ func clusterConfig(v *viper.Viper) (cluster.Config, error) {
 		RunDir:           v.GetString("run-dir"),
 		Nodes:            v.GetInt("nodes"),
 		Routing:          v.GetString("routing"),
+		Mode:             v.GetString("mode"),
 		Port:             v.GetInt("port"),
 		Images:           v.GetStringSlice("images"),
 		ContainerdSocket: v.GetString("containerd-socket"),
@@ -69,13 +72,14 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			kc := cluster.Kubeconfig(cfg.DataDir)
-			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is starting: server on %s, nodes %v (%s routing).
+			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is starting: server on %s, nodes %v (%s routing, %s mode).
 Kubeconfig: %s (capstan kubectl uses it; or export KUBECONFIG=%s)
   capstan kubectl get nodes -o wide
   capstan dp services --node-name %s      (a node's eBPF maps)
+  capstan node-exec %s -- curl http://<ClusterIP>/   (a command as a node's own process)
   ip netns exec %s-outside curl http://<node IP>:<nodePort>/    (a client outside the cluster)
 Logs: %s/cluster/logs/. Remove everything with: capstan down
-`, st.Name, cfg.Subnet.Addr().Next(), st.Nodes, st.Routing, kc, kc, st.Nodes[0], st.Name, cfg.DataDir)
+`, st.Name, cfg.Subnet.Addr().Next(), st.Nodes, st.Routing, st.Mode, kc, kc, st.Nodes[0], st.Nodes[0], st.Name, cfg.DataDir)
 			return nil
 		},
 	}
@@ -83,6 +87,7 @@ Logs: %s/cluster/logs/. Remove everything with: capstan down
 	f := cmd.Flags()
 	f.Int("nodes", 3, "number of nodes")
 	f.String("routing", "native", "pod routing between nodes: native or vxlan")
+	f.String("mode", "ebpf", "how nodes implement Services: ebpf, or iptables (kube-proxy-style rules, for comparison)")
 	f.Int("port", 6443, "API server port on the underlay address")
 	f.StringSlice("images", nil, "image archives every node imports (make images builds bin/images/capstan-test-images.tar)")
 	return cmd
@@ -106,6 +111,44 @@ func newDownCmd() *cobra.Command {
 			ctx, cancel := signalContext()
 			defer cancel()
 			return cluster.Down(ctx, cfg)
+		},
+	}
+	clusterFlags(cmd)
+	return cmd
+}
+
+// newNodeExecCmd runs a command as one of the local cluster's nodes, like
+// `docker exec` into a kind node: in its network namespace and cgroup.
+func newNodeExecCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "node-exec NODE -- COMMAND [ARG...]",
+		Short: "Run a command as a node of the local cluster (its network namespace and cgroup)",
+		Example: `  capstan node-exec node-1 -- ip route
+  capstan node-exec node-2 -- curl -s http://10.96.0.10/`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, _, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			cfg, err := clusterConfig(v)
+			if err != nil {
+				return err
+			}
+			c, done, err := cluster.NodeCommand(cfg, args[0], args[1:]...)
+			if err != nil {
+				return err
+			}
+			defer done()
+			c.Stdin, c.Stdout, c.Stderr = os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if err := c.Run(); err != nil {
+				var exit *exec.ExitError
+				if errors.As(err, &exit) {
+					os.Exit(exit.ExitCode())
+				}
+				return err
+			}
+			return nil
 		},
 	}
 	clusterFlags(cmd)

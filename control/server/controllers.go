@@ -73,7 +73,7 @@ func controllerLoops(cc ControllersConfig) []loop {
 			return c.Run
 		}},
 		{"nodelifecycle", func(d loopDeps) func(context.Context) {
-			c := nodelifecycle.New(d.client, d.factory, d.recorder, clock.RealClock{}, nodelifecycle.Config{}, d.log)
+			c := nodelifecycle.New(d.client, d.factory, d.recorder, clock.RealClock{}, cc.NodeLifecycle, d.log)
 			return c.Run
 		}},
 		{"replicaset", func(d loopDeps) func(context.Context) {
@@ -250,6 +250,8 @@ type ControllersConfig struct {
 	// ClusterCIDR is carved into one NodeCIDRMaskSize range per Node.
 	ClusterCIDR      string
 	NodeCIDRMaskSize int
+	// NodeLifecycle tunes when silent nodes are marked unreachable and their pods evicted.
+	NodeLifecycle nodelifecycle.Config
 }
 
 func (c ControllersConfig) identity() string {

@@ -33,6 +33,7 @@ import (
 	"github.com/capstan-net/capstan/dataplane"
 	"github.com/capstan-net/capstan/dataplane/ebpf"
 	"github.com/capstan-net/capstan/dataplane/healthcheck"
+	"github.com/capstan-net/capstan/dataplane/iptables"
 )
 
 // DefaultPinRoot is where nodes' pin directories live: <root>/<node>.
@@ -54,6 +55,8 @@ type Config struct {
 	Devices []string
 	// Netns is the path of the network namespace the devices live in; empty is the daemon's.
 	Netns string
+	// Mode is who implements Services: ModeEBPF (default), ModeIPTables or ModeNone.
+	Mode string
 	// Routing is how pods reach other nodes' pods: RoutingNative (a kernel
 	// route per remote podCIDR via its node) or RoutingVXLAN (a
 	// collect-metadata VXLAN device, tunnel endpoint chosen in BPF).
@@ -95,6 +98,12 @@ type Config struct {
 func (c *Config) setDefaults() error {
 	if c.NodeName == "" {
 		return errors.New("node name is required")
+	}
+	if c.Mode == "" {
+		c.Mode = ModeEBPF
+	}
+	if err := validMode(c.Mode); err != nil {
+		return err
 	}
 	switch c.Routing {
 	case "", RoutingNative, RoutingVXLAN:
@@ -179,6 +188,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer dp.Close()
 
+	ebpfMode := cfg.Mode == ModeEBPF
+	iptCfg := iptables.Config{Netns: cfg.Netns, ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, Masquerade: cfg.Masquerade, Logger: log}
+	if ebpfMode {
+		// A node that ran in iptables or none mode leaves no rules behind.
+		if err := iptables.Cleanup(ctx, iptCfg); err != nil {
+			log.Warn("remove iptables mode rules", "err", err)
+		}
+	} else if err := leaveEBPFMode(ctx, dp, cfg.NodeName, log); err != nil {
+		return err
+	}
+
 	var atts []*ebpf.Attachment
 	defer func() {
 		for _, a := range atts {
@@ -187,14 +207,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			}
 		}
 	}()
-	if cfg.CgroupDir != "" {
+	if cfg.CgroupDir != "" && ebpfMode {
 		a, err := dp.AttachSocketLBPinned(cfg.CgroupDir)
 		if err != nil {
 			return fmt.Errorf("attach socket lb: %w", err)
 		}
 		atts = append(atts, a)
 	}
-	if len(cfg.Devices) > 0 {
+	if len(cfg.Devices) > 0 && ebpfMode {
 		err := inNetns(cfg.Netns, func() error {
 			for _, name := range cfg.Devices {
 				ifc, err := net.InterfaceByName(name)
@@ -232,6 +252,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "capstan-dataplane", Host: cfg.NodeName})
 
+	factory := informers.NewSharedInformerFactory(cs, 0)
 	// The tracker calls Changed only once the informers run, after runner is set below.
 	var runner *dataplane.Runner
 	tracker, err := dataplane.NewTracker(dataplane.TrackerConfig{
@@ -264,7 +285,24 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Logger: log,
 	})
 	defer hc.Close()
-	backend := dataplane.Backends{ebpf.NewSyncer(dp, log), hc}
+	var backend dataplane.Backends
+	switch cfg.Mode {
+	case ModeEBPF:
+		backend = dataplane.Backends{ebpf.NewSyncer(dp, log), hc}
+	case ModeIPTables:
+		ipt, err := iptables.New(iptCfg)
+		if err != nil {
+			return err
+		}
+		warner := newAlgorithmWarner(factory.Core().V1().Services().Lister(), recorder)
+		backend = dataplane.Backends{warner, ipt, hc}
+	case ModeNone:
+		ipt, err := iptables.New(iptCfg)
+		if err != nil {
+			return err
+		}
+		backend = dataplane.Backends{withoutServices{ipt}}
+	}
 	runner, err = dataplane.NewRunner("dataplane", dataplane.SyncFunc(backend, tracker.Snapshot, metrics, cfg.Clock, log),
 		dataplane.RunnerConfig{
 			MinInterval: cfg.MinSyncInterval,
@@ -284,7 +322,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		defer stop()
 	}
 
-	factory := informers.NewSharedInformerFactory(cs, 0)
 	if err := tracker.Register(factory); err != nil {
 		return err
 	}
@@ -308,7 +345,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	// Only now is the first snapshot complete: syncing earlier would delete the services a
 	// previous daemon left in the maps, breaking new connections until the caches fill.
-	if cfg.EndpointsDir != "" {
+	if cfg.EndpointsDir != "" && ebpfMode {
 		go newEndpointWatcher(cfg.EndpointsDir, cfg.Netns, dp, log).run(ctx)
 	}
 	switch cfg.Routing {
@@ -319,7 +356,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		r := &tunnelRouter{netns: cfg.Netns, dp: dp, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}
 		go syncLoop(ctx, routesKick, r.sync, log, "tunnel routes")
 	}
-	log.Info("dataplane running", "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
+	log.Info("dataplane running", "mode", cfg.Mode, "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
 	runner.Trigger()
 	runner.Run(ctx)
 	log.Info("dataplane stopping; maps and links stay pinned")

@@ -213,3 +213,42 @@ func (d *Datapath) PruneLinks() (int, error) {
 	}
 	return n, errors.Join(errs...)
 }
+
+// DetachPinned removes the pinned links whose names start with one of prefixes ("sock-",
+// "node-", "pod-", "tunnel-"), detaching their programs: a node leaving eBPF service mode
+// drops them so the kernel's own path (and its netfilter) sees every packet. It returns how
+// many it removed.
+func (d *Datapath) DetachPinned(prefixes ...string) (int, error) {
+	entries, err := os.ReadDir(d.linkDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read link pin dir: %w", err)
+	}
+	n := 0
+	var errs []error
+	for _, e := range entries {
+		match := false
+		for _, p := range prefixes {
+			match = match || strings.HasPrefix(e.Name(), p)
+		}
+		if !match {
+			continue
+		}
+		path := filepath.Join(d.linkDir(), e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
+			continue
+		}
+		// Unpinning the last reference and closing the handle detaches the link.
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+		} else {
+			n++
+		}
+		l.Close()
+	}
+	return n, errors.Join(errs...)
+}

@@ -157,3 +157,66 @@ func TestPinnedLinksOutliveDatapathAndAreTakenOver(t *testing.T) {
 }
 
 func itoa(i int) string { return fmt.Sprint(i) }
+
+func TestDetachPinnedRemovesOnlyTheNamedKinds(t *testing.T) {
+	ifindex := enterTestNetns(t)
+	cfg := testConfig()
+	cfg.PinDir = mountBPFFS(t) + "/node-a"
+	home := filepath.Join(cgroup2Mount(t), ownCgroup(t))
+	cg, err := os.MkdirTemp(home, "capstan-detach-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(cg) })
+	d := newTestDatapath(t, cfg)
+	sock, err := d.AttachSocketLBPinned(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := d.AttachNodePinned(ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The daemon's handles go, as when it restarts in another mode.
+	sock.Release()
+	node.Release()
+	n, err := d.DetachPinned("sock-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 5 {
+		t.Fatalf("detached %d links, want the 5 socket ones", n)
+	}
+	got := pinnedLinks(t, cfg.PinDir)
+	if len(got) != 2 {
+		t.Fatalf("links left: %v, want the 2 tc ones", got)
+	}
+	// Detached means detached in the kernel, not only unpinned.
+	progs, err := link.QueryPrograms(link.QueryOptions{Target: int(mustOpen(t, cg).Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(progs.Programs) != 0 {
+		t.Fatalf("connect4 programs still attached to the cgroup: %v", progs.Programs)
+	}
+	if n, err := d.DetachPinned("node-"); err != nil || n != 2 {
+		t.Fatalf("detach node links: %d, %v", n, err)
+	}
+	progs, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(progs.Programs) != 0 {
+		t.Fatalf("tcx ingress programs still attached: %v", progs.Programs)
+	}
+}
+
+func mustOpen(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}

@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -30,6 +29,7 @@ import (
 	"k8s.io/kubectl/pkg/scheme"
 
 	"github.com/capstan-net/capstan/dataplane/daemon"
+	"github.com/capstan-net/capstan/internal/cgroup2"
 	"github.com/capstan-net/capstan/kubelet"
 	"github.com/capstan-net/capstan/kubelet/bootstrap"
 	"github.com/capstan-net/capstan/kubelet/container"
@@ -295,23 +295,15 @@ func EnsureBPFFS(dir string) error {
 // under the cgroup2 mount, whether that is /sys/fs/cgroup or the unified
 // hierarchy of a hybrid host.
 func NodeCgroupDir(parent string) (string, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	root, err := cgroup2.Root()
 	if err != nil {
-		return "", fmt.Errorf("find cgroup2 mount: %w", err)
+		return "", fmt.Errorf("agent: %w; the socket load balancer needs one", err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		for i, f := range fields {
-			if f == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				dir := filepath.Join(fields[4], parent)
-				if err := os.MkdirAll(dir, 0o755); err != nil {
-					return "", fmt.Errorf("node cgroup: %w", err)
-				}
-				return dir, nil
-			}
-		}
+	dir := filepath.Join(root, parent)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("node cgroup: %w", err)
 	}
-	return "", errors.New("agent: no cgroup2 filesystem mounted; the socket load balancer needs one")
+	return dir, nil
 }
 
 // DetectNodeIP picks the node's address: the source address of the

@@ -158,6 +158,13 @@ func (c *Controller) check(ctx context.Context, n *corev1.Node) error {
 		// Back from the dead: lift the taint; pods not yet evicted stay.
 		return c.setTaint(ctx, n, false, now)
 	}
+	if silent {
+		// As upstream: the pods of a silent node stop being Ready, so Services
+		// stop sending them new connections well before any eviction.
+		if err := c.markPodsNotReady(ctx, n, now); err != nil {
+			return err
+		}
+	}
 	if silent && taintIndex(n) < 0 {
 		if err := c.setTaint(ctx, n, true, now); err != nil {
 			return err
@@ -171,6 +178,41 @@ func (c *Controller) check(ctx context.Context, n *corev1.Node) error {
 		return c.evict(ctx, n, added, now)
 	}
 	return nil
+}
+
+// markPodsNotReady sets Ready False on the node's pods that still claim it.
+func (c *Controller) markPodsNotReady(ctx context.Context, n *corev1.Node, now time.Time) error {
+	pods, err := c.pods.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	for _, p := range pods {
+		if p.Spec.NodeName != n.Name {
+			continue
+		}
+		i := podReadyIndex(p)
+		if i < 0 || p.Status.Conditions[i].Status == corev1.ConditionFalse {
+			continue
+		}
+		next := p.DeepCopy()
+		cond := &next.Status.Conditions[i]
+		cond.Status, cond.LastTransitionTime = corev1.ConditionFalse, metav1.NewTime(now)
+		cond.Reason, cond.Message = "NodeNotReady", "Node "+n.Name+" stopped posting status"
+		_, err := c.client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, next, metav1.UpdateOptions{})
+		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+func podReadyIndex(p *corev1.Pod) int {
+	for i, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return i
+		}
+	}
+	return -1
 }
 
 // markUnknown sets every condition the kubelet owns to Unknown, as upstream.

@@ -74,7 +74,22 @@ func tainted(n *corev1.Node) bool {
 }
 
 func pod(name, node string, tol ...corev1.Toleration) *corev1.Pod {
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "d"}, Spec: corev1.PodSpec{NodeName: node, Tolerations: tol}}
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "d"}, Spec: corev1.PodSpec{NodeName: node, Tolerations: tol},
+		Status: corev1.PodStatus{Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}}
+}
+
+func (e *env) podReady(t *testing.T, name string) corev1.ConditionStatus {
+	t.Helper()
+	p, err := e.client.CoreV1().Pods("d").Get(e.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status
+		}
+	}
+	return ""
 }
 
 func TestSilentNodeUnknownTaintedThenPodsEvicted(t *testing.T) {
@@ -101,6 +116,12 @@ func TestSilentNodeUnknownTaintedThenPodsEvicted(t *testing.T) {
 	n := e.node(t, "n1")
 	if readyStatus(n) != corev1.ConditionUnknown || !tainted(n) {
 		t.Fatalf("silent node: Ready=%s tainted=%v, want Unknown and tainted", readyStatus(n), tainted(n))
+	}
+	if r := e.podReady(t, "plain"); r != corev1.ConditionFalse {
+		t.Fatalf("pod on the silent node: Ready=%s, want False so Services drop it", r)
+	}
+	if r := e.podReady(t, "elsewhere"); r != corev1.ConditionTrue {
+		t.Fatalf("pod on a live node: Ready=%s, want True", r)
 	}
 	exists := func(name string) bool {
 		_, err := e.client.CoreV1().Pods("d").Get(e.ctx, name, metav1.GetOptions{})

@@ -4,6 +4,7 @@
 //
 //	capstan-echo serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001]
 //	capstan-echo connect HOST:PORT [--protocol tcp|udp|http] [--timeout 2s]
+//	capstan-echo loop HOST:PORT [--protocol http|tcp|udp] [--interval 50ms] [--duration 0] [--persistent]
 //	capstan-echo pause
 //	capstan-echo crash [--code 1] [--after 0s]
 //	capstan-echo hostname
@@ -42,6 +43,14 @@
 //	udp   sends "hostname" and prints the answer; no answer in time is TIMEOUT.
 //	http  GET http://HOST:PORT/hostname and prints the body.
 //
+// # loop
+//
+// Requests to one address until --duration ends or SIGTERM: a new connection per
+// request, or with --persistent (tcp) one connection that echoes a line each
+// interval. It prints "FAIL <elapsed> <reason>" per failed request, "PROGRESS ..."
+// every --report, "CONNECTED <backend>" per persistent connection, and finally
+// "DONE requests=N failures=M backends=name:count,..."; it exits 1 on any failure.
+//
 // Usage errors exit 2.
 package main
 
@@ -64,6 +73,7 @@ const usage = `usage: capstan-echo COMMAND [flags]
 commands:
   serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001]
   connect HOST:PORT [--protocol tcp|udp|http] [--timeout 2s]
+  loop HOST:PORT [--protocol http|tcp|udp] [--interval 50ms] [--timeout 2s] [--duration 0] [--persistent] [--report 1s]
   pause
   crash [--code 1] [--after 0s]
   hostname
@@ -81,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args, stdout, stderr)
 	case "connect":
 		return runConnect(args, stdout, stderr)
+	case "loop":
+		return runLoop(args, stdout, stderr)
 	case "pause":
 		return runPause(args, stdout, stderr)
 	case "crash":

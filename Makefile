@@ -44,7 +44,7 @@ containerd:
 # and a failure prints its details. CAPSTAN_E2E_CASES=native/ebpf runs one cluster.
 e2e: containerd
 	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -timeout 40m -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
-	  grep -A60 -E '^\s+CLUSTER +SCENARIO' $(BIN)/e2e.log | grep -E '^\s+(CLUSTER|[a-z]+/[a-z]+) '; \
+	  grep -A100 -E '^\s+CLUSTER +SCENARIO' $(BIN)/e2e.log | grep -E '^\s+(CLUSTER|[a-z]+/[a-z]+) '; \
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/e2e.log)"; grep -B2 -A40 -E '^\s+[a-z_]+_test\.go:[0-9]+: ' $(BIN)/e2e.log | head -300; fi; \
 	  tail -3 $(BIN)/e2e.log; exit $$rc
 
@@ -67,9 +67,13 @@ lint:
 demo: build
 	./scripts/demo.sh
 
-bench: build
+# API and scheduler figures, then Services in eBPF and iptables mode side by side
+# (table on the terminal, results.json and chart.svg under bench-results/).
+bench: build images containerd
+	$(GO) build -o $(BIN)/capstan-echo ./test/images/echo
 	$(CAPSTAN) bench api
 	$(CAPSTAN) bench scheduler
+	$(CAPSTAN) bench services --echo-binary $(BIN)/capstan-echo --images $(BIN)/images/capstan-test-images.tar
 
 clean:
 	rm -rf $(BIN) bench-results

@@ -68,7 +68,7 @@ func newBenchCmd() *cobra.Command {
 	f.String("data-dir", "", "server data dir (default: a temporary directory)")
 	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	f.Bool("json", false, "use JSON instead of protobuf on the wire")
-	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd())
+	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd(), newBenchServicesCmd())
 	return cmd
 }
 

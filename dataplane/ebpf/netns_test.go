@@ -7,106 +7,21 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/capstan-net/capstan/internal/netnstest"
 )
 
-// testNS is a network namespace of the test's own, held by a file descriptor: it goes away
-// when the test closes it (and the last socket in it is gone).
-type testNS struct {
-	name string
-	fd   int
-	nl   *netlink.Handle
-}
-
-// newNS creates a namespace with lo up.
-func newNS(t *testing.T, name string) *testNS {
+// newNS creates a namespace with lo up. Unlike netnstest.New, it fails (not skips) without
+// root, as every test in this package does.
+func newNS(t *testing.T, name string) *netnstest.NS {
 	t.Helper()
 	requireRoot(t)
-	fdc := make(chan int, 1)
-	errc := make(chan error, 1)
-	go func() {
-		// The thread never leaves the new namespace; Go ends it with the goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare netns: %w", err)
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open netns: %w", err)
-			return
-		}
-		fdc <- fd
-	}()
-	var n *testNS
-	select {
-	case err := <-errc:
-		t.Fatal(err)
-	case fd := <-fdc:
-		n = &testNS{name: name, fd: fd}
-	}
-	t.Cleanup(func() { unix.Close(n.fd) })
-	nl, err := netlink.NewHandleAt(netns.NsHandle(n.fd))
-	if err != nil {
-		t.Fatalf("netlink in %s: %v", name, err)
-	}
-	t.Cleanup(nl.Close)
-	n.nl = nl
-	lo, err := nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nl.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// do runs fn on a thread inside the namespace: sockets it opens, sysctls it writes and
-// ifindexes it attaches to belong to the namespace.
-func (n *testNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := unix.Setns(n.fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter %s: %w", n.name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
-func (n *testNS) sysctl(t *testing.T, kv ...string) {
-	t.Helper()
-	err := n.do(func() error {
-		for i := 0; i+1 < len(kv); i += 2 {
-			if err := os.WriteFile("/proc/sys/net/"+kv[i], []byte(kv[i+1]), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("sysctl in %s: %v", n.name, err)
-	}
-}
-
-func (n *testNS) link(t *testing.T, name string) netlink.Link {
-	t.Helper()
-	l, err := n.nl.LinkByName(name)
-	if err != nil {
-		t.Fatalf("%s in %s: %v", name, n.name, err)
-	}
-	return l
+	return netnstest.New(t, name)
 }
 
 func mustNL(t *testing.T, what string, err error) {
@@ -116,48 +31,34 @@ func mustNL(t *testing.T, what string, err error) {
 	}
 }
 
-func hostNet(a netip.Addr) *net.IPNet { return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(32, 32)} }
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Masked().Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
-}
-
 // testPod is a pod wired into a node the way the capstan-cni plugin does it.
 type testPod struct {
-	ns *testNS
+	ns *netnstest.NS
 	ep Endpoint
 }
 
 // addPod makes a pod netns with eth0 (ip/32, gateway gw/32 on link, default via gw) and its
 // host veth hostIf in the node (gw/32, route ip/32 dev hostIf, forwarding, rp_filter off).
-func addPod(t *testing.T, node *testNS, hostIf string, ip, gw netip.Addr) *testPod {
+func addPod(t *testing.T, node *netnstest.NS, hostIf string, ip, gw netip.Addr) *testPod {
 	t.Helper()
 	pod := newNS(t, "pod-"+ip.String())
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0",
-		PeerNamespace: netlink.NsFd(pod.fd)}
-	mustNL(t, "add pod veth", node.nl.LinkAdd(v))
-	host := node.link(t, hostIf)
-	eth0 := pod.link(t, "eth0")
-	mustNL(t, "pod eth0 up", pod.nl.LinkSetUp(eth0))
-	mustNL(t, "pod address", pod.nl.AddrAdd(eth0, &netlink.Addr{IPNet: hostNet(ip)}))
-	mustNL(t, "pod gateway route", pod.nl.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index,
-		Dst: hostNet(gw), Scope: netlink.SCOPE_LINK}))
-	mustNL(t, "pod default route", pod.nl.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index,
-		Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: gw.AsSlice()}))
-	mustNL(t, "host veth up", node.nl.LinkSetUp(host))
-	mustNL(t, "gateway address", node.nl.AddrAdd(host, &netlink.Addr{IPNet: hostNet(gw)}))
-	mustNL(t, "pod host route", node.nl.RouteAdd(&netlink.Route{LinkIndex: host.Attrs().Index,
-		Dst: hostNet(ip), Scope: netlink.SCOPE_LINK}))
-	node.sysctl(t, "ipv4/ip_forward", "1", "ipv4/conf/"+hostIf+"/rp_filter", "0")
+	netnstest.Veth(t, node, hostIf, pod, "eth0")
+	pod.AddAddr(t, "eth0", netip.PrefixFrom(ip, 32))
+	pod.Route(t, "eth0", netip.PrefixFrom(gw, 32), netip.Addr{})
+	pod.Route(t, "eth0", netip.MustParsePrefix("0.0.0.0/0"), gw)
+	node.AddAddr(t, hostIf, netip.PrefixFrom(gw, 32))
+	node.Route(t, hostIf, netip.PrefixFrom(ip, 32), netip.Addr{})
+	node.Sysctl(t, "ipv4/ip_forward", "1", "ipv4/conf/"+hostIf+"/rp_filter", "0")
+	host, eth0 := node.Link(t, hostIf), pod.Link(t, "eth0")
 	return &testPod{ns: pod, ep: Endpoint{IP: ip, HostIfindex: host.Attrs().Index,
 		HostMAC: host.Attrs().HardwareAddr, PodMAC: eth0.Attrs().HardwareAddr}}
 }
 
 // attach runs an Attach method in the node's namespace, where ifindexes are resolved.
-func attach(t *testing.T, node *testNS, f func(int) (*Attachment, error), ifindex int) {
+func attach(t *testing.T, node *netnstest.NS, f func(int) (*Attachment, error), ifindex int) {
 	t.Helper()
 	var a *Attachment
-	err := node.do(func() (err error) {
+	err := node.Do(func() (err error) {
 		a, err = f(ifindex)
 		return err
 	})
@@ -169,10 +70,10 @@ func attach(t *testing.T, node *testNS, f func(int) (*Attachment, error), ifinde
 
 // serveEcho listens on addr in ns; each connection gets its peer address on a line, then an
 // echo of what it sends.
-func serveEcho(t *testing.T, ns *testNS, addr string) {
+func serveEcho(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
 	var ln net.Listener
-	err := ns.do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		ln, err = net.Listen("tcp4", addr)
 		return err
 	})
@@ -197,15 +98,15 @@ func serveEcho(t *testing.T, ns *testNS, addr string) {
 
 // roundTrip connects from ns to dst, pushes 256 KiB through the echo server and returns the
 // peer address the server saw.
-func roundTrip(t *testing.T, ns *testNS, dst string) netip.AddrPort {
+func roundTrip(t *testing.T, ns *netnstest.NS, dst string) netip.AddrPort {
 	t.Helper()
 	var c net.Conn
-	err := ns.do(func() (err error) {
+	err := ns.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp4", dst, 5*time.Second)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("connect from %s to %s: %v", ns.name, dst, err)
+		t.Fatalf("connect from %s to %s: %v", ns.Name, dst, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -286,7 +187,7 @@ var (
 )
 
 type testNode struct {
-	ns  *testNS
+	ns  *netnstest.NS
 	ip  netip.Addr
 	d   *Datapath
 	pod *testPod
@@ -296,24 +197,24 @@ type testNode struct {
 // own), each node with one pod. Nothing in it is reachable from the test's own namespace.
 type testCluster struct {
 	a, b    *testNode
-	outside *testNS
+	outside *netnstest.NS
 }
 
 func newTestCluster(t *testing.T, routing string) *testCluster {
 	t.Helper()
 	wire := newNS(t, "underlay")
-	mustNL(t, "add bridge", wire.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}))
-	br := wire.link(t, "br0")
-	mustNL(t, "bridge up", wire.nl.LinkSetUp(br))
-	plug := func(name string, ip netip.Addr) *testNS {
+	mustNL(t, "add bridge", wire.NL.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}))
+	br := wire.Link(t, "br0")
+	mustNL(t, "bridge up", wire.NL.LinkSetUp(br))
+	plug := func(name string, ip netip.Addr) *netnstest.NS {
 		n := newNS(t, name)
 		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "port-" + name, MasterIndex: br.Attrs().Index},
-			PeerName: "eth0", PeerNamespace: netlink.NsFd(n.fd)}
-		mustNL(t, "add underlay port", wire.nl.LinkAdd(v))
-		mustNL(t, "port up", wire.nl.LinkSetUp(wire.link(t, "port-"+name)))
-		eth0 := n.link(t, "eth0")
-		mustNL(t, "eth0 up", n.nl.LinkSetUp(eth0))
-		mustNL(t, "underlay address", n.nl.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(underlay.Bits(), 32)}}))
+			PeerName: "eth0", PeerNamespace: netlink.NsFd(n.FD)}
+		mustNL(t, "add underlay port", wire.NL.LinkAdd(v))
+		mustNL(t, "port up", wire.NL.LinkSetUp(wire.Link(t, "port-"+name)))
+		eth0 := n.Link(t, "eth0")
+		mustNL(t, "eth0 up", n.NL.LinkSetUp(eth0))
+		n.AddAddr(t, "eth0", netip.PrefixFrom(ip, underlay.Bits()))
 		return n
 	}
 	c := &testCluster{outside: plug("outside", outsideIP)}
@@ -328,10 +229,10 @@ func newTestCluster(t *testing.T, routing string) *testCluster {
 		cfg.ServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
 		if routing == RoutingVXLAN {
 			vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "capstan-vxlan"}, FlowBased: true, Port: 8472}
-			mustNL(t, "add vxlan device", n.ns.nl.LinkAdd(vx))
-			dev := n.ns.link(t, "capstan-vxlan")
-			mustNL(t, "vxlan up", n.ns.nl.LinkSetUp(dev))
-			n.ns.sysctl(t, "ipv4/conf/capstan-vxlan/rp_filter", "0")
+			mustNL(t, "add vxlan device", n.ns.NL.LinkAdd(vx))
+			dev := n.ns.Link(t, "capstan-vxlan")
+			mustNL(t, "vxlan up", n.ns.NL.LinkSetUp(dev))
+			n.ns.Sysctl(t, "ipv4/conf/capstan-vxlan/rp_filter", "0")
 			cfg.VXLANIfindex = dev.Attrs().Index
 		}
 		n.d = newTestDatapath(t, cfg)
@@ -341,7 +242,7 @@ func newTestCluster(t *testing.T, routing string) *testCluster {
 		if routing == RoutingVXLAN {
 			attach(t, n.ns, n.d.AttachTunnel, cfg.VXLANIfindex)
 		}
-		attach(t, n.ns, n.d.AttachNode, n.ns.link(t, "eth0").Attrs().Index)
+		attach(t, n.ns, n.d.AttachNode, n.ns.Link(t, "eth0").Attrs().Index)
 		first := cidr.Addr().Next()
 		n.pod = addPod(t, n.ns, "cap"+name, first.Next(), first)
 		attach(t, n.ns, n.d.AttachPod, n.pod.ep.HostIfindex)
@@ -357,7 +258,7 @@ func newTestCluster(t *testing.T, routing string) *testCluster {
 
 func (n *testNode) routeTo(t *testing.T, cidr netip.Prefix, via netip.Addr) {
 	t.Helper()
-	mustNL(t, "add pod CIDR route", n.ns.nl.RouteAdd(&netlink.Route{Dst: ipNet(cidr), Gw: via.AsSlice()}))
+	mustNL(t, "add pod CIDR route", n.ns.NL.RouteAdd(&netlink.Route{Dst: netnstest.IPNet(cidr), Gw: via.AsSlice()}))
 }
 
 func TestCrossNodeVXLAN(t *testing.T) {
@@ -403,7 +304,7 @@ func TestCrossNodeVXLAN(t *testing.T) {
 	if err := c.a.d.DeleteTunnelRoute(podCIDRB); err != nil {
 		t.Fatal(err)
 	}
-	err := c.a.pod.ns.do(func() error {
+	err := c.a.pod.ns.Do(func() error {
 		conn, err := net.DialTimeout("tcp4", dst, 500*time.Millisecond)
 		if err == nil {
 			conn.Close()

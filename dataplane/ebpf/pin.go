@@ -182,36 +182,9 @@ func (d *Datapath) takeOver(path string, s pinnedLink) (l link.Link, fresh bool,
 // PruneLinks removes pinned tc links whose device is gone (a pod veth deleted while no daemon
 // ran), and returns how many it removed.
 func (d *Datapath) PruneLinks() (int, error) {
-	entries, err := os.ReadDir(d.linkDir())
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read link pin dir: %w", err)
-	}
-	n := 0
-	var errs []error
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), "sock-") {
-			continue
-		}
-		path := filepath.Join(d.linkDir(), e.Name())
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
-			continue
-		}
-		info, err := l.Info()
-		if err == nil && info.TCX() != nil && info.TCX().Ifindex == 0 {
-			if err := l.Unpin(); err != nil {
-				errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
-			} else {
-				n++
-			}
-		}
-		l.Close()
-	}
-	return n, errors.Join(errs...)
+	return d.unpinLinks(func(name string, info *link.Info) bool {
+		return !strings.HasPrefix(name, "sock-") && info != nil && info.TCX() != nil && info.TCX().Ifindex == 0
+	})
 }
 
 // DetachPinned removes the pinned links whose names start with one of prefixes ("sock-",
@@ -219,6 +192,19 @@ func (d *Datapath) PruneLinks() (int, error) {
 // drops them so the kernel's own path (and its netfilter) sees every packet. It returns how
 // many it removed.
 func (d *Datapath) DetachPinned(prefixes ...string) (int, error) {
+	return d.unpinLinks(func(name string, _ *link.Info) bool {
+		for _, p := range prefixes {
+			if strings.HasPrefix(name, p) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// unpinLinks unpins the links under the link directory that match (info is nil when the kernel
+// cannot describe the link). Unpinning the last reference and closing the handle detaches it.
+func (d *Datapath) unpinLinks(match func(name string, info *link.Info) bool) (int, error) {
 	entries, err := os.ReadDir(d.linkDir())
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
@@ -229,24 +215,22 @@ func (d *Datapath) DetachPinned(prefixes ...string) (int, error) {
 	n := 0
 	var errs []error
 	for _, e := range entries {
-		match := false
-		for _, p := range prefixes {
-			match = match || strings.HasPrefix(e.Name(), p)
-		}
-		if !match {
-			continue
-		}
 		path := filepath.Join(d.linkDir(), e.Name())
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("load pinned link %s: %w", path, err))
 			continue
 		}
-		// Unpinning the last reference and closing the handle detaches the link.
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
-		} else {
-			n++
+		info, err := l.Info()
+		if err != nil {
+			info = nil
+		}
+		if match(e.Name(), info) {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, fmt.Errorf("unpin %s: %w", path, err))
+			} else {
+				n++
+			}
 		}
 		l.Close()
 	}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/capstan-net/capstan/internal/netnstest"
 )
 
 // A rule iptables-restore refuses is reported with its line, from the real binary. Errors
@@ -13,8 +15,8 @@ import (
 // message must come along.
 func TestRestoreErrorFromIptables(t *testing.T) {
 	t.Parallel()
-	ns := newNS(t, "bad-input")
-	cmd := newCommands(Config{Netns: ns.path()})
+	ns := netnstest.New(t, "bad-input")
+	cmd := newCommands(Config{Netns: ns.Path()})
 	for bad, want := range map[string]string{
 		"-A CAPSTAN-SERVICES -p tcp -m tcp --dport 99999 -j ACCEPT": `input line 3 "-A CAPSTAN-SERVICES -p tcp -m tcp --dport 99999 -j ACCEPT"`,
 		"-A CAPSTAN-SERVICES -j CAPSTAN-NOWHERE":                    "CAPSTAN-NOWHERE",
@@ -31,12 +33,12 @@ func TestRestoreErrorFromIptables(t *testing.T) {
 // A failed sync says why and where, and the next one starts over from what the kernel holds.
 func TestSyncAfterFailure(t *testing.T) {
 	t.Parallel()
-	ns := newNS(t, "failing")
+	ns := netnstest.New(t, "failing")
 	fake := filepath.Join(t.TempDir(), "iptables-restore")
 	script := "#!/bin/sh\ncat >/dev/null\necho 'iptables-restore: line 3 failed' >&2\nexit 1\n"
 	must(t, "fake restore", os.WriteFile(fake, []byte(script), 0o755))
 
-	cfg := Config{Netns: ns.path(), ClusterCIDR: testClusterCIDR}
+	cfg := Config{Netns: ns.Path(), ClusterCIDR: testClusterCIDR}
 	good, err := New(cfg)
 	must(t, "new", err)
 	ctx := context.Background()
@@ -55,7 +57,7 @@ func TestSyncAfterFailure(t *testing.T) {
 
 	// The good backend, meanwhile, still believes in its chains: remove one behind its back
 	// and make it fail, then check the following sync repairs everything.
-	must(t, "cleanup", Cleanup(ctx, Config{Netns: ns.path()}))
+	must(t, "cleanup", Cleanup(ctx, Config{Netns: ns.Path()}))
 	good.cmd.restore = fake
 	if err := good.Sync(ctx, testState()); err == nil {
 		t.Fatal("sync with a failing iptables-restore succeeded")

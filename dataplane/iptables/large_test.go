@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/capstan-net/capstan/dataplane"
+	"github.com/capstan-net/capstan/internal/netnstest"
 )
 
 // largeState has n service ports with two endpoints each and a NodePort on every tenth.
@@ -38,8 +39,8 @@ func TestSyncLarge(t *testing.T) {
 		t.Skip("slow: 10,000 services")
 	}
 	t.Parallel()
-	node := newNS(t, "large")
-	cfg := Config{Netns: node.path(), ClusterCIDR: testClusterCIDR}
+	node := netnstest.New(t, "large")
+	cfg := Config{Netns: node.Path(), ClusterCIDR: testClusterCIDR}
 	b, err := New(cfg)
 	must(t, "new", err)
 	ctx := context.Background()

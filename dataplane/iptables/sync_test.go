@@ -14,6 +14,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/capstan-net/capstan/dataplane"
+	"github.com/capstan-net/capstan/internal/netnstest"
 )
 
 // The test cluster: one node namespace that the backend programs, three pod namespaces behind
@@ -32,23 +33,23 @@ var (
 )
 
 type testCluster struct {
-	node, client *testNS
-	pods         map[string]*testNS
+	node, client *netnstest.NS
+	pods         map[string]*netnstest.NS
 }
 
 func newTestCluster(t *testing.T) *testCluster {
 	t.Helper()
-	c := &testCluster{node: newNS(t, "node"), client: newNS(t, "client"), pods: make(map[string]*testNS)}
+	c := &testCluster{node: netnstest.New(t, "node"), client: netnstest.New(t, "client"), pods: make(map[string]*netnstest.NS)}
 	any4 := netip.MustParsePrefix("0.0.0.0/0")
 
-	veth(t, c.node, "vc", c.client, "eth0")
-	c.node.addAddr(t, "vc", netip.PrefixFrom(nodeIP, 24))
-	c.client.addAddr(t, "eth0", netip.PrefixFrom(clientIP, 24))
-	c.client.route(t, "eth0", any4, nodeIP)
+	netnstest.Veth(t, c.node, "vc", c.client, "eth0")
+	c.node.AddAddr(t, "vc", netip.PrefixFrom(nodeIP, 24))
+	c.client.AddAddr(t, "eth0", netip.PrefixFrom(clientIP, 24))
+	c.client.Route(t, "eth0", any4, nodeIP)
 	// The node needs a route to ClusterIPs for its own connections to get as far as the
 	// nat OUTPUT chain; the client namespace is as good a default as any.
-	c.node.route(t, "vc", any4, clientIP)
-	c.node.sysctl(t, "ipv4/ip_forward", "1", "ipv4/conf/all/rp_filter", "0", "ipv4/conf/default/rp_filter", "0",
+	c.node.Route(t, "vc", any4, clientIP)
+	c.node.Sysctl(t, "ipv4/ip_forward", "1", "ipv4/conf/all/rp_filter", "0", "ipv4/conf/default/rp_filter", "0",
 		// A ClusterIP without endpoints is routed back out of vc: the ICMP redirect that
 		// would cause spends the per-peer ICMP budget the REJECT's port-unreachable needs.
 		"ipv4/conf/all/send_redirects", "0", "ipv4/conf/vc/send_redirects", "0",
@@ -57,15 +58,15 @@ func newTestCluster(t *testing.T) *testCluster {
 
 	for _, name := range []string{"b1", "b2", "b3"} {
 		ip := podIPs[name]
-		pod := newNS(t, name)
+		pod := netnstest.New(t, name)
 		host := "v" + name
-		veth(t, c.node, host, pod, "eth0")
-		pod.addAddr(t, "eth0", netip.PrefixFrom(ip, 32))
-		pod.route(t, "eth0", netip.PrefixFrom(gatewayIP, 32), netip.Addr{})
-		pod.route(t, "eth0", any4, gatewayIP)
-		c.node.addAddr(t, host, netip.PrefixFrom(gatewayIP, 32))
-		c.node.route(t, host, netip.PrefixFrom(ip, 32), netip.Addr{})
-		c.node.sysctl(t, "ipv4/conf/"+host+"/rp_filter", "0")
+		netnstest.Veth(t, c.node, host, pod, "eth0")
+		pod.AddAddr(t, "eth0", netip.PrefixFrom(ip, 32))
+		pod.Route(t, "eth0", netip.PrefixFrom(gatewayIP, 32), netip.Addr{})
+		pod.Route(t, "eth0", any4, gatewayIP)
+		c.node.AddAddr(t, host, netip.PrefixFrom(gatewayIP, 32))
+		c.node.Route(t, host, netip.PrefixFrom(ip, 32), netip.Addr{})
+		c.node.Sysctl(t, "ipv4/conf/"+host+"/rp_filter", "0")
 		serve(t, pod, "tcp", ip.String()+":8080", name)
 		serve(t, pod, "udp", ip.String()+":5353", name)
 		c.pods[name] = pod
@@ -75,7 +76,7 @@ func newTestCluster(t *testing.T) *testCluster {
 }
 
 func (c *testCluster) config(t *testing.T) Config {
-	return Config{Netns: c.node.path(), ClusterCIDR: testClusterCIDR, Masquerade: true, Logger: testLogger(t)}
+	return Config{Netns: c.node.Path(), ClusterCIDR: testClusterCIDR, Masquerade: true, Logger: testLogger(t)}
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -135,13 +136,13 @@ func testState() *dataplane.State {
 }
 
 // askN connects n times and returns the replies; every connection must succeed.
-func askN(t *testing.T, ns *testNS, network, dst string, n int) []reply {
+func askN(t *testing.T, ns *netnstest.NS, network, dst string, n int) []reply {
 	t.Helper()
 	var out []reply
 	for range n {
 		r, err := ask(ns, network, dst, 3*time.Second)
 		if err != nil {
-			t.Fatalf("%s %s from %s: %v", network, dst, ns.name, err)
+			t.Fatalf("%s %s from %s: %v", network, dst, ns.Name, err)
 		}
 		out = append(out, r)
 	}
@@ -181,9 +182,9 @@ func wantPeers(t *testing.T, rs []reply, want netip.Addr) {
 
 // saveRules is iptables-save of the node's filter and nat tables, rules and chain
 // declarations only (no counters or dates).
-func saveRules(t *testing.T, ns *testNS) []string {
+func saveRules(t *testing.T, ns *netnstest.NS) []string {
 	t.Helper()
-	cmd := newCommands(Config{Netns: ns.path()})
+	cmd := newCommands(Config{Netns: ns.Path()})
 	var out []string
 	for _, table := range []string{"filter", "nat"} {
 		dump, err := cmd.saveTable(context.Background(), table)
@@ -276,15 +277,15 @@ func TestSyncNetns(t *testing.T) {
 	})
 
 	t.Run("no endpoints refuses", func(t *testing.T) {
-		for _, from := range []*testNS{c.client, c.node} {
+		for _, from := range []*netnstest.NS{c.client, c.node} {
 			for _, dst := range []string{"10.96.0.12:80", nodeIP.String() + ":30082"} {
 				start := time.Now()
 				_, err := ask(from, "tcp", dst, 5*time.Second)
 				if !errors.Is(err, syscall.ECONNREFUSED) {
-					t.Errorf("%s from %s: %v, want connection refused", dst, from.name, err)
+					t.Errorf("%s from %s: %v, want connection refused", dst, from.Name, err)
 				}
 				if d := time.Since(start); d > 2*time.Second {
-					t.Errorf("%s from %s refused after %s", dst, from.name, d)
+					t.Errorf("%s from %s refused after %s", dst, from.Name, d)
 				}
 			}
 		}
@@ -341,7 +342,7 @@ func TestSyncNetns(t *testing.T) {
 
 	t.Run("a new backend removes what an old one left", func(t *testing.T) {
 		// An older version's jump, and the chains of services this State no longer has.
-		cmd := newCommands(Config{Netns: c.node.path()})
+		cmd := newCommands(Config{Netns: c.node.Path()})
 		must(t, "old jump", cmd.insert(ctx, "nat", "PREROUTING", `-m comment --comment "capstan v0" -j `+chainServices))
 		fresh, err := New(c.config(t))
 		must(t, "new", err)

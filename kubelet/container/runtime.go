@@ -95,6 +95,8 @@ type Runtime struct {
 	// waiting holds the IDs whose exit is watched, so adoption never
 	// watches a task twice.
 	waiting map[string]bool
+	// life is Run's context: waits broken off while it lives are resumed.
+	life context.Context
 }
 
 // New returns a Runtime; call Run to follow containerd's OOM events.
@@ -114,6 +116,9 @@ func (r *Runtime) ctx(ctx context.Context) context.Context {
 
 // Run follows task OOM events until ctx ends.
 func (r *Runtime) Run(ctx context.Context) {
+	r.mu.Lock()
+	r.life = ctx
+	r.mu.Unlock()
 	for ctx.Err() == nil {
 		evs, errs := r.cfg.Client.Subscribe(r.ctx(ctx), `topic=="/tasks/oom",namespace==`+strconv.Quote(r.cfg.Namespace))
 	loop:
@@ -264,7 +269,28 @@ func (r *Runtime) watch(c client.Container, task client.Task, exitc <-chan clien
 		ctx := r.ctx(context.Background())
 		code, _, err := st.Result()
 		if err != nil {
-			code = 255
+			// The wait broke off (the agent is stopping, a worker's context
+			// ended, containerd went away): that is no exit. Recording one
+			// would make the next agent think a running container died.
+			r.mu.Lock()
+			delete(r.waiting, c.ID())
+			life := r.life
+			r.mu.Unlock()
+			if life == nil || life.Err() != nil || errdefs.IsNotFound(err) {
+				return // a restarted agent adopts the task; a removed one is gone
+			}
+			select {
+			case <-life.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			exitc, err := task.Wait(r.ctx(life))
+			if err != nil {
+				r.cfg.Log.Warn("wait task again", "container", c.ID(), "err", err)
+				return
+			}
+			r.watch(c, task, exitc)
+			return
 		}
 		at := st.ExitTime()
 		if at.IsZero() {

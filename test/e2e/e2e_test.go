@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -181,8 +182,10 @@ func runCase(t *testing.T, cc clusterCase, capstan, images, socket string) []res
 	}
 	e.setup(t)
 	results := []result{{cc.name, "cluster up and workloads ready", !t.Failed(), time.Since(start)}}
+	// CAPSTAN_E2E_SCENARIOS=regexp runs only the scenarios it matches.
+	only := regexp.MustCompile(os.Getenv("CAPSTAN_E2E_SCENARIOS"))
 	for _, sc := range scenarios() {
-		if !sc.inCase(cc) {
+		if !sc.inCase(cc) || !only.MatchString(sc.name) {
 			continue
 		}
 		start := time.Now()
@@ -236,6 +239,15 @@ func (e *env) diagnose(t *testing.T) {
 	for _, n := range e.nodes {
 		data, _ := os.ReadFile(filepath.Join(e.cfg.DataDir, "cluster", "logs", n+".log"))
 		t.Logf("%s agent log (tail):\n%s", n, tailLines(string(data), 15))
+		// What the kubelet did to pods' sandboxes and containers, all along.
+		var notable []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") || strings.Contains(l, "sandbox") ||
+				strings.Contains(l, "orphan") || strings.Contains(l, "deleted pod") || strings.Contains(l, "agent running") {
+				notable = append(notable, l)
+			}
+		}
+		t.Logf("%s agent log (warnings, sandboxes, restarts):\n%s", n, tailLines(strings.Join(notable, "\n"), 40))
 	}
 }
 

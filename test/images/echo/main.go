@@ -2,9 +2,10 @@
 // Kubernetes' agnhost: one static binary whose subcommands are a server, a client,
 // and a few process behaviours that node and network tests need.
 //
-//	capstan-echo serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001]
+//	capstan-echo serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001] [--perf-port 5201]
 //	capstan-echo connect HOST:PORT [--protocol tcp|udp|http] [--timeout 2s]
 //	capstan-echo loop HOST:PORT [--protocol http|tcp|udp] [--interval 50ms] [--duration 0] [--persistent]
+//	capstan-echo perf HOST:PORT --test stream|rr|crr [--duration 10s] [--connections 1] [--size 1] [--timeout 2s] [--count 0]
 //	capstan-echo pause
 //	capstan-echo crash [--code 1] [--after 0s]
 //	capstan-echo hostname
@@ -20,6 +21,9 @@
 //	/echo?msg=TEXT    TEXT
 //	/clientip         the peer's address as host:port
 //	/healthz          200 "ok"
+//	/rusage           the serve process's CPU time so far (getrusage RUSAGE_SELF),
+//	                  as JSON {"user_s":1.23,"sys_s":0.45}; a benchmark takes two
+//	                  readings and divides the difference by its requests
 //	/readyz           200 "ok", or 503 "not ready" while /tmp/not-ready exists
 //	                  (so a test can flip readiness with exec: touch /tmp/not-ready)
 //	/exit?code=N      answers "exiting N", then the process exits with code N
@@ -30,6 +34,16 @@
 //
 // UDP: each datagram gets one datagram in answer: when the payload starts with
 // "echo " the rest of the payload, otherwise the hostname.
+//
+// Perf (TCP, for capstan-echo perf): the client's first line names the test.
+//
+//	stream\n      the server reads and discards until the client half-closes,
+//	              then writes the number of bytes it read after the first line
+//	              as a decimal line and closes
+//	rr SIZE\n     SIZE is 1 to 1048576; the server reads SIZE bytes and writes
+//	              them back, again and again until the client closes
+//
+// Any other first line gets a line "error: REASON" and the connection closes.
 //
 // # connect
 //
@@ -51,6 +65,39 @@
 // every --report, "CONNECTED <backend>" per persistent connection, and finally
 // "DONE requests=N failures=M backends=name:count,..."; it exits 1 on any failure.
 //
+// # perf
+//
+// A load generator for Service benchmarks, against serve's perf port. It runs
+// until --duration ends (or SIGTERM; or, with --count N, until each connection
+// has done N operations) and prints one JSON line:
+//
+//	{"test":"rr","target":"10.96.0.10:5201","connections":1,"size":1,
+//	 "duration_s":10.001,"ops":123456,"bytes":246912,"errors":0,
+//	 "ops_per_s":12344.5,"bits_per_s":197504,
+//	 "latency_us":{"p50":70.1,"p90":85.3,"p99":130,"max":900.2},
+//	 "cpu_s":3.21,"first_error":""}
+//
+// The tests, each on --connections connections (or workers) at once:
+//
+//	stream  sends 128 KiB writes as fast as it can, then half-closes and reads
+//	        the server's count; ops are writes, bytes what the server counted
+//	        (what was written, plus an error, when the count does not come),
+//	        size is the write size; there is no latency (zeros)
+//	rr      on one connection each: SIZE bytes out, SIZE bytes back, again;
+//	        ops are round trips, latency is per round trip
+//	crr     a new connection per operation, like netperf's TCP_CRR: dial, send
+//	        a request, read the response, close; latency is from the start of
+//	        the dial to the end of the response
+//
+// bytes counts payload: for rr and crr 2*SIZE per operation. bits_per_s is
+// bytes*8/duration_s. Latencies are microseconds, percentiles to within 1%,
+// max exact. cpu_s is perf's own user+system CPU time during the run (compare
+// serve's /rusage). A dial, read or write that fails or takes longer than
+// --timeout is an error; stream and rr then dial again, crr goes on with its
+// next cycle. errors counts them and first_error is the first one's message.
+// The host of HOST:PORT is looked up once. perf exits 0 with the JSON, and 1
+// with the JSON when no operation completed and there were errors.
+//
 // Usage errors exit 2.
 package main
 
@@ -71,9 +118,10 @@ func main() {
 
 const usage = `usage: capstan-echo COMMAND [flags]
 commands:
-  serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001]
+  serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001] [--perf-port 5201]
   connect HOST:PORT [--protocol tcp|udp|http] [--timeout 2s]
   loop HOST:PORT [--protocol http|tcp|udp] [--interval 50ms] [--timeout 2s] [--duration 0] [--persistent] [--report 1s]
+  perf HOST:PORT --test stream|rr|crr [--duration 10s] [--connections 1] [--size 1] [--timeout 2s] [--count 0]
   pause
   crash [--code 1] [--after 0s]
   hostname
@@ -93,6 +141,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runConnect(args, stdout, stderr)
 	case "loop":
 		return runLoop(args, stdout, stderr)
+	case "perf":
+		return runPerf(args, stdout, stderr)
 	case "pause":
 		return runPause(args, stdout, stderr)
 	case "crash":

@@ -31,7 +31,7 @@ func command(t *testing.T, args ...string) *exec.Cmd {
 }
 
 func TestServeExitsZeroOnSIGTERM(t *testing.T) {
-	cmd := command(t, "serve", "--http-port", "0", "--tcp-port", "0", "--udp-port", "0")
+	cmd := command(t, "serve", "--http-port", "0", "--tcp-port", "0", "--udp-port", "0", "--perf-port", "0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -33,10 +33,11 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	httpPort := fs.Int("http-port", 8080, "HTTP port (0: off)")
 	tcpPort := fs.Int("tcp-port", 9000, "TCP echo port (0: off)")
 	udpPort := fs.Int("udp-port", 9001, "UDP port (0: off)")
+	perfPort := fs.Int("perf-port", 5201, "TCP port for capstan-echo perf (0: off)")
 	if pos, err := parse(fs, args); err != nil || len(pos) != 0 {
 		return usageError(stderr, "serve takes no arguments", err)
 	}
-	for _, p := range []int{*httpPort, *tcpPort, *udpPort} {
+	for _, p := range []int{*httpPort, *tcpPort, *udpPort, *perfPort} {
 		if p < 0 || p > 65535 {
 			return usageError(stderr, fmt.Sprintf("port %d is out of range 0-65535", p), nil)
 		}
@@ -77,7 +78,16 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}
 		ls.udp = pc
 	}
-	fmt.Fprintf(stdout, "serving as %s: http %d, tcp %d, udp %d\n", host, *httpPort, *tcpPort, *udpPort)
+	if *perfPort != 0 {
+		l, err := net.Listen("tcp", ":"+strconv.Itoa(*perfPort))
+		if err != nil {
+			ls.close()
+			fmt.Fprintf(stderr, "listen perf: %v\n", err)
+			return 1
+		}
+		ls.perf = l
+	}
+	fmt.Fprintf(stdout, "serving as %s: http %d, tcp %d, udp %d, perf %d\n", host, *httpPort, *tcpPort, *udpPort, *perfPort)
 	if err := s.serve(ctx, ls); err != nil {
 		fmt.Fprintf(stderr, "serve: %v\n", err)
 		return 1
@@ -91,6 +101,7 @@ type listeners struct {
 	http net.Listener
 	tcp  net.Listener
 	udp  net.PacketConn
+	perf net.Listener
 }
 
 func (ls listeners) close() {
@@ -102,6 +113,9 @@ func (ls listeners) close() {
 	}
 	if ls.udp != nil {
 		ls.udp.Close()
+	}
+	if ls.perf != nil {
+		ls.perf.Close()
 	}
 }
 
@@ -144,6 +158,13 @@ func (s *server) serve(ctx context.Context, ls listeners) error {
 			}
 		})
 	}
+	if ls.perf != nil {
+		wg.Go(func() {
+			if err := s.servePerf(ctx, ls.perf); err != nil {
+				fail(fmt.Errorf("perf: %w", err))
+			}
+		})
+	}
 	<-ctx.Done()
 	if hs != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -176,6 +197,7 @@ func (s *server) handler() http.Handler {
 		}
 		io.WriteString(w, "ok")
 	})
+	mux.HandleFunc("GET /rusage", serveRusage)
 	mux.HandleFunc("GET /exit", func(w http.ResponseWriter, r *http.Request) {
 		code := 0
 		if v := r.URL.Query().Get("code"); v != "" {
@@ -199,6 +221,18 @@ func (s *server) handler() http.Handler {
 
 // serveTCP writes the hostname line to each connection, then echoes it.
 func (s *server) serveTCP(ctx context.Context, l net.Listener) error {
+	return serveConns(ctx, l, func(c net.Conn) {
+		if _, err := io.WriteString(c, s.hostname+"\n"); err != nil {
+			return
+		}
+		io.Copy(c, bufio.NewReader(c))
+	})
+}
+
+// serveConns accepts connections and runs handle on each in its own goroutine
+// until ctx ends; then it closes the open connections, waits for the handlers
+// and returns nil. handle need not close its connection.
+func serveConns(ctx context.Context, l net.Listener, handle func(net.Conn)) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	conns := make(map[net.Conn]struct{})
@@ -234,10 +268,7 @@ func (s *server) serveTCP(ctx context.Context, l net.Listener) error {
 				mu.Unlock()
 				c.Close()
 			}()
-			if _, err := io.WriteString(c, s.hostname+"\n"); err != nil {
-				return
-			}
-			io.Copy(c, bufio.NewReader(c))
+			handle(c)
 		})
 	}
 }

@@ -159,7 +159,7 @@ func Build(ctx context.Context, opts Options, w io.Writer) error {
 			Entrypoint: []string{"/capstan-echo"},
 			Cmd:        []string{"serve"},
 			ExposedPorts: map[string]struct{}{
-				"8080/tcp": {}, "9000/tcp": {}, "9001/udp": {},
+				"8080/tcp": {}, "9000/tcp": {}, "9001/udp": {}, "5201/tcp": {},
 			},
 		}},
 		{BusyboxImage, ocispec.ImageConfig{Cmd: []string{"sh"}}},

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/capstan-net/capstan/test/bench/servicebench"
+)
+
+func newBenchServicesCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "services",
+		Short: "Service throughput, connection rate and latency, eBPF mode against iptables mode, on fresh 2-node local clusters",
+		Long: `Brings up a 2-node local cluster in each mode in turn (capstan up --mode ...), runs the same
+server and client pods, installs 1, 1,000 and 10,000 Services, and measures TCP stream
+throughput (pod to pod directly, pod to ClusterIP on the same node and across nodes, outside
+to NodePort), request/response and new-connection rates with latency percentiles, the time to
+program many Services and to follow one EndpointSlice update, and the agent's memory with the
+size of its BPF maps or iptables rules. Prints a table; writes results.json and chart.svg
+under --out. Needs root, containerd (scripts/containerd.sh start), the test images and a host
+build of capstan-echo (make bench builds both).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			self, _ = filepath.EvalSymlinks(self)
+			ctx, cancel := signalContext()
+			defer cancel()
+			dir, err := os.MkdirTemp("", "capstan-bench-services-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			_, err = servicebench.Run(ctx, servicebench.Config{
+				Binary:           self,
+				EchoBinary:       v.GetString("echo-binary"),
+				Images:           v.GetStringSlice("images"),
+				Modes:            v.GetStringSlice("modes"),
+				ServiceCounts:    v.GetIntSlice("services"),
+				EndpointsMin:     v.GetInt("endpoints-min"),
+				EndpointsMax:     v.GetInt("endpoints-max"),
+				Duration:         v.GetDuration("duration"),
+				Connections:      v.GetInt("connections"),
+				OutDir:           v.GetString("out"),
+				DataDir:          dir,
+				ContainerdSocket: v.GetString("containerd-socket"),
+				Log:              log,
+				Out:              cmd.OutOrStdout(),
+			})
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.String("echo-binary", "bin/capstan-echo", "capstan-echo built for this host (go build -o bin/capstan-echo ./test/images/echo), the outside client")
+	f.StringSlice("images", []string{"bin/images/capstan-test-images.tar"}, "image archives with capstan.local/echo:1.0 (make images)")
+	f.StringSlice("modes", []string{"ebpf", "iptables"}, "service modes to compare, in order")
+	f.IntSlice("services", []int{1, 1000, 10000}, "Service counts to measure at (the measured Services are last in any ordered list)")
+	f.Int("endpoints-min", 2, "fewest endpoints per filler Service")
+	f.Int("endpoints-max", 10, "most endpoints per filler Service")
+	f.Duration("duration", 0, "length of each measurement (default 5s)")
+	f.Int("connections", 1, "parallel connections (or connection loops) per measurement")
+	f.String("out", "bench-results", "directory for results.json and chart.svg (a timestamped subdirectory)")
+	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket")
+	return cmd
+}

@@ -1,0 +1,255 @@
+// Package servicebench benchmarks Service throughput, connection rate and latency on a local
+// 2-node cluster (`capstan up`), once per service mode (eBPF, iptables), with the same pods
+// and the same load generator (`capstan-echo perf`), as the figures users compare against
+// kube-proxy. It is what `capstan bench services` (and `make bench`) runs.
+package servicebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/capstan-net/capstan/cluster"
+)
+
+// Config is what Run needs. Binary, EchoBinary and Images are required.
+type Config struct {
+	Binary     string   // the capstan binary
+	EchoBinary string   // capstan-echo built for the host: the outside client
+	Images     []string // image archives with capstan.local/echo:1.0
+	// Modes to compare, in order: "ebpf", "iptables".
+	Modes []string
+	// ServiceCounts are the numbers of Services installed while measuring; the measured
+	// Services are among them and last in any ordered rule list.
+	ServiceCounts []int
+	// Endpoints per filler Service are drawn from [EndpointsMin, EndpointsMax].
+	EndpointsMin, EndpointsMax int
+	Duration                   time.Duration // per measurement
+	Connections                int           // per measurement (stream, rr, crr workers)
+	OutDir                     string        // bench-results
+	DataDir, RunDir            string
+	ContainerdSocket           string
+	Log                        *slog.Logger
+	Out                        io.Writer // the table
+}
+
+func (c *Config) setDefaults() error {
+	if c.Binary == "" || c.EchoBinary == "" || len(c.Images) == 0 {
+		return errors.New("bench services: the capstan binary, a host capstan-echo and the test images are required (make bench builds them)")
+	}
+	for _, f := range append([]string{c.Binary, c.EchoBinary}, c.Images...) {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("bench services: %w", err)
+		}
+	}
+	if len(c.Modes) == 0 {
+		c.Modes = []string{"ebpf", "iptables"}
+	}
+	for _, m := range c.Modes {
+		if m != "ebpf" && m != "iptables" {
+			return fmt.Errorf("bench services: mode %q: want ebpf or iptables", m)
+		}
+	}
+	if len(c.ServiceCounts) == 0 {
+		c.ServiceCounts = []int{1, 1000, 10000}
+	}
+	for _, n := range c.ServiceCounts {
+		if n < 1 || n > 50000 {
+			return fmt.Errorf("bench services: service count %d: want 1 to 50000", n)
+		}
+	}
+	if c.EndpointsMin == 0 {
+		c.EndpointsMin = 2
+	}
+	if c.EndpointsMax == 0 {
+		c.EndpointsMax = 10
+	}
+	if c.EndpointsMin < 1 || c.EndpointsMax < c.EndpointsMin || c.EndpointsMax > 100 {
+		return fmt.Errorf("bench services: endpoints per service %d-%d: want 1 <= min <= max <= 100", c.EndpointsMin, c.EndpointsMax)
+	}
+	if c.Duration == 0 {
+		c.Duration = 5 * time.Second
+	}
+	if c.Duration < 500*time.Millisecond || c.Duration > 10*time.Minute {
+		return fmt.Errorf("bench services: duration %s: want 500ms to 10m", c.Duration)
+	}
+	if c.Connections == 0 {
+		c.Connections = 1
+	}
+	if c.Connections < 1 || c.Connections > 256 {
+		return fmt.Errorf("bench services: %d connections: want 1 to 256", c.Connections)
+	}
+	if c.OutDir == "" {
+		c.OutDir = "bench-results"
+	}
+	if c.DataDir == "" {
+		dir, err := os.MkdirTemp("", "capstan-bench-")
+		if err != nil {
+			return err
+		}
+		c.DataDir = dir
+	}
+	if c.RunDir == "" {
+		c.RunDir = filepath.Join(c.DataDir, "run")
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	return nil
+}
+
+// Report is everything one run measured; it is written as JSON beside the chart.
+type Report struct {
+	Started     time.Time     `json:"started"`
+	Machine     Machine       `json:"machine"`
+	Duration    string        `json:"measurementDuration"`
+	Connections int           `json:"connections"`
+	Modes       []*ModeReport `json:"modes"`
+}
+
+// Machine describes where the figures come from.
+type Machine struct {
+	CPUs   int    `json:"cpus"`
+	CPU    string `json:"cpu"`
+	Kernel string `json:"kernel"`
+	Memory string `json:"memory"`
+}
+
+// ModeReport is one mode's figures.
+type ModeReport struct {
+	Mode    string        `json:"mode"`
+	Results []Measurement `json:"results"`
+	// Programming is the time from the last write of the largest Service count to its
+	// last Service answering, with the writes' own duration beside it.
+	Programming *Programming `json:"programming,omitempty"`
+	// Update is from one EndpointSlice update (largest count installed) to traffic following it.
+	Update time.Duration `json:"endpointUpdateNs"`
+	// Footprint of the node's service implementation at the largest count.
+	Footprint Footprint `json:"footprint"`
+}
+
+// Programming times the installation of many Services.
+type Programming struct {
+	Services       int           `json:"services"`
+	Writes         time.Duration `json:"writesNs"`
+	AfterLastWrite time.Duration `json:"afterLastWriteNs"`
+	FromFirstWrite time.Duration `json:"fromFirstWriteNs"`
+}
+
+// Footprint is the daemon's memory and the size of what it programmed.
+type Footprint struct {
+	Services      int    `json:"services"`
+	AgentRSS      uint64 `json:"agentRssBytes"`
+	BPFMapBytes   uint64 `json:"bpfMapBytes,omitempty"`
+	BPFMaps       int    `json:"bpfMaps,omitempty"`
+	IptablesRules int    `json:"iptablesRules,omitempty"`
+	IptablesBytes int    `json:"iptablesBytes,omitempty"`
+}
+
+// Measurement is one load-generator run.
+type Measurement struct {
+	Services int    `json:"services"`
+	Path     string `json:"path"` // e.g. "pod -> ClusterIP (cross node)"
+	Test     string `json:"test"` // stream, rr, crr
+	Result   Perf   `json:"result"`
+	// ServerCPU is the server process's CPU seconds during the run.
+	ServerCPU float64 `json:"serverCpuS"`
+}
+
+// Perf is capstan-echo perf's JSON line.
+type Perf struct {
+	Test        string  `json:"test"`
+	Target      string  `json:"target"`
+	Connections int     `json:"connections"`
+	Size        int     `json:"size"`
+	DurationS   float64 `json:"duration_s"`
+	Ops         int64   `json:"ops"`
+	Bytes       int64   `json:"bytes"`
+	Errors      int64   `json:"errors"`
+	OpsPerS     float64 `json:"ops_per_s"`
+	BitsPerS    float64 `json:"bits_per_s"`
+	Latency     struct {
+		P50 float64 `json:"p50"`
+		P90 float64 `json:"p90"`
+		P99 float64 `json:"p99"`
+		Max float64 `json:"max"`
+	} `json:"latency_us"`
+	CPUS       float64 `json:"cpu_s"`
+	FirstError string  `json:"first_error"`
+}
+
+// Run measures every mode in turn and writes the table, JSON and SVG.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	rep := &Report{Started: time.Now().UTC(), Machine: machine(), Duration: cfg.Duration.String(), Connections: cfg.Connections}
+	for _, mode := range cfg.Modes {
+		mr, err := runMode(ctx, cfg, mode)
+		if err != nil {
+			return rep, fmt.Errorf("%s mode: %w", mode, err)
+		}
+		rep.Modes = append(rep.Modes, mr)
+	}
+	writeTable(cfg.Out, rep)
+	if err := writeFiles(cfg.OutDir, rep); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// runMode brings a 2-node cluster up in mode, measures, and takes it down.
+func runMode(ctx context.Context, cfg Config, mode string) (_ *ModeReport, err error) {
+	cc := cluster.Config{
+		Name: fmt.Sprintf("bench%04x", rand.IntN(1<<16)), DataDir: filepath.Join(cfg.DataDir, mode), RunDir: filepath.Join(cfg.RunDir, mode),
+		Nodes: 2, Mode: mode, Subnet: netip.MustParsePrefix(fmt.Sprintf("172.27.%d.0/24", 1+rand.IntN(250))),
+		Port: 20000 + rand.IntN(10000), Binary: cfg.Binary, Images: cfg.Images, ContainerdSocket: cfg.ContainerdSocket, Log: cfg.Log,
+	}
+	cfg.Log.Info("bringing a cluster up", "mode", mode, "name", cc.Name)
+	defer func() {
+		if derr := cluster.Down(context.Background(), cc); derr != nil && err == nil {
+			err = fmt.Errorf("capstan down: %w", derr)
+		}
+	}()
+	st, err := cluster.Up(ctx, cc)
+	if err != nil {
+		return nil, err
+	}
+	w, err := newWorkload(ctx, cfg, cc, st.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	return w.measure(ctx, mode)
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU()}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(data))
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		first, _, _ := strings.Cut(string(data), "\n")
+		m.Memory = strings.Join(strings.Fields(strings.TrimPrefix(first, "MemTotal:")), " ")
+	}
+	return m
+}

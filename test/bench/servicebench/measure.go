@@ -1,0 +1,131 @@
+package servicebench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/capstan-net/capstan/cluster"
+)
+
+// run is one load-generator run: the path it measures, and how to reach it.
+type run struct {
+	path, test string
+	outside    bool
+	addr       string
+	server     string // the pod whose CPU is counted
+}
+
+// Paths measured, in table order. "direct" runs are the baselines the Service paths are
+// compared with.
+const (
+	pathDirectSame  = "pod -> pod (same node, direct)"
+	pathDirectCross = "pod -> pod (cross node, direct)"
+	pathCIPSame     = "pod -> ClusterIP (same node)"
+	pathCIPCross    = "pod -> ClusterIP (cross node)"
+	pathNodePort    = "outside -> NodePort"
+)
+
+func (w *workload) runs() []run {
+	p := ":" + strconv.Itoa(perfPort)
+	np := fmt.Sprintf("%s:%d", w.nodeIPs[0], w.nodePort)
+	return []run{
+		{pathDirectSame, "stream", false, w.ips["srv-a"] + p, "srv-a"},
+		{pathCIPSame, "stream", false, w.clusterIPs["local"] + p, "srv-a"},
+		{pathDirectCross, "stream", false, w.ips["srv-b"] + p, "srv-b"},
+		{pathCIPCross, "stream", false, w.clusterIPs["remote"] + p, "srv-b"},
+		{pathNodePort, "stream", true, np, "srv-b"},
+		{pathDirectCross, "rr", false, w.ips["srv-b"] + p, "srv-b"},
+		{pathCIPCross, "rr", false, w.clusterIPs["remote"] + p, "srv-b"},
+		{pathDirectCross, "crr", false, w.ips["srv-b"] + p, "srv-b"},
+		{pathCIPCross, "crr", false, w.clusterIPs["remote"] + p, "srv-b"},
+		{pathNodePort, "crr", true, np, "srv-b"},
+	}
+}
+
+// measure runs every path at every Service count, then the programming, update and
+// footprint figures at the largest count.
+func (w *workload) measure(ctx context.Context, mode string) (*ModeReport, error) {
+	mr := &ModeReport{Mode: mode}
+	for _, n := range w.cfg.ServiceCounts {
+		prog, err := w.fill(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		if prog != nil {
+			w.cfg.Log.Info("services installed", "mode", mode, "services", n, "writes", prog.Writes, "then answering after", prog.AfterLastWrite)
+			mr.Programming = prog
+		}
+		for _, r := range w.runs() {
+			before := w.cpuSeconds(r.server)
+			res, err := w.perf(ctx, r.outside, r.test, r.addr)
+			if err != nil {
+				return nil, fmt.Errorf("%d services, %s %s: %w", n, r.path, r.test, err)
+			}
+			m := Measurement{Services: n, Path: r.path, Test: r.test, Result: res, ServerCPU: w.cpuSeconds(r.server) - before}
+			w.cfg.Log.Info("measured", "mode", mode, "services", n, "path", r.path, "test", r.test, "ops/s", int(res.OpsPerS), "bits/s", int64(res.BitsPerS))
+			mr.Results = append(mr.Results, m)
+		}
+	}
+	var err error
+	if mr.Update, err = w.update(ctx); err != nil {
+		return nil, fmt.Errorf("endpoint update: %w", err)
+	}
+	mr.Footprint = w.footprint(ctx, mode)
+	return mr, nil
+}
+
+// footprint reads the first node's agent memory and what its mode programmed.
+func (w *workload) footprint(ctx context.Context, mode string) Footprint {
+	f := Footprint{Services: w.fillers + 1}
+	if data, err := os.ReadFile(filepath.Join(w.cc.DataDir, "cluster", w.nodes[0]+".pid")); err == nil {
+		if status, err := os.ReadFile("/proc/" + strings.TrimSpace(string(data)) + "/status"); err == nil {
+			for _, l := range strings.Split(string(status), "\n") {
+				if strings.HasPrefix(l, "VmRSS:") {
+					kb, _ := strconv.ParseUint(strings.Fields(l)[1], 10, 64)
+					f.AgentRSS = kb << 10
+				}
+			}
+		}
+	}
+	switch mode {
+	case "ebpf":
+		dir := filepath.Join("/sys/fs/bpf/capstan", w.nodes[0])
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.IsDir() {
+				continue
+			}
+			m, err := ebpf.LoadPinnedMap(filepath.Join(dir, e.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
+			if err != nil {
+				continue
+			}
+			if info, err := m.Info(); err == nil {
+				if b, ok := info.Memlock(); ok {
+					f.BPFMapBytes += b
+					f.BPFMaps++
+				}
+			}
+			m.Close()
+		}
+	case "iptables":
+		cmd, done, err := cluster.NodeCommand(w.cc, w.nodes[0], "iptables-save")
+		if err == nil {
+			defer done()
+			if out, err := cmd.Output(); err == nil {
+				f.IptablesBytes = len(out)
+				for _, l := range strings.Split(string(out), "\n") {
+					if strings.HasPrefix(l, "-A ") {
+						f.IptablesRules++
+					}
+				}
+			}
+		}
+	}
+	return f
+}

@@ -100,7 +100,10 @@ static __always_inline int ttl_dec(struct __sk_buff *skb)
 
 /* fib_redirect sends a translated packet straight to its next hop. Packets translated at
  * ingress cannot go back through the stack: a source that is now the node's own address (SNAT)
- * or a service address would fail the stack's source validation. */
+ * or a service address would fail the stack's source validation. tot_len stays 0: given one,
+ * the kernel compares the IP length with the MTU and refuses GRO/GSO packets (FRAG_NEEDED),
+ * which stalled every TCP stream past its first window; without it the kernel checks the skb
+ * itself, segments included. */
 static __always_inline int fib_redirect(struct __sk_buff *skb, struct tuple *t)
 {
 	struct bpf_fib_lookup p = {
@@ -108,7 +111,6 @@ static __always_inline int fib_redirect(struct __sk_buff *skb, struct tuple *t)
 		.l4_protocol = t->proto,
 		.sport = t->sport,
 		.dport = t->dport,
-		.tot_len = t->tot_len,
 		.ipv4_src = t->saddr,
 		.ipv4_dst = t->daddr,
 		.ifindex = skb->ifindex,

@@ -188,6 +188,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	defer dp.Close()
 
+	if len(cfg.Devices) > 0 || cfg.Routing != "" {
+		// A node forwards: NodePort traffic to backends on other nodes (the FIB lookups
+		// that send it refuse while forwarding is off) and pods' traffic through the stack.
+		// The CNI plugin turns it on too, but only once a pod lands on the node.
+		if err := inNetns(cfg.Netns, func() error {
+			return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		}); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
+	}
 	ebpfMode := cfg.Mode == ModeEBPF
 	iptCfg := iptables.Config{Netns: cfg.Netns, ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, Masquerade: cfg.Masquerade, Logger: log}
 	if ebpfMode {

@@ -52,6 +52,7 @@ type env struct {
 	cs         kubernetes.Interface
 	kubeconfig string
 	capstan    string
+	echo       string // capstan-echo for the host: the outside client
 	nodes      []string
 	nodeIPs    map[string]string
 	ns         string
@@ -114,6 +115,10 @@ func TestE2E(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	echo := filepath.Join(bin, "capstan-echo")
+	if out, err := exec.Command("go", "build", "-o", echo, filepath.Join(root, "test", "images", "echo")).CombinedOutput(); err != nil {
+		t.Fatalf("build capstan-echo: %v\n%s", err, out)
+	}
 	images := filepath.Join(bin, "images.tar")
 	wd, _ := os.Getwd()
 	os.Chdir(root)
@@ -130,7 +135,7 @@ func TestE2E(t *testing.T) {
 			continue
 		}
 		t.Run(cc.name, func(t *testing.T) {
-			results = append(results, runCase(t, cc, capstan, images, socket)...)
+			results = append(results, runCase(t, cc, capstan, echo, images, socket)...)
 		})
 	}
 	var b strings.Builder
@@ -146,7 +151,7 @@ func TestE2E(t *testing.T) {
 }
 
 // runCase brings one cluster up, runs its scenarios and takes it down.
-func runCase(t *testing.T, cc clusterCase, capstan, images, socket string) []result {
+func runCase(t *testing.T, cc clusterCase, capstan, echo, images, socket string) []result {
 	start := time.Now()
 	dir := t.TempDir()
 	cfg := cluster.Config{
@@ -168,7 +173,7 @@ func runCase(t *testing.T, cc clusterCase, capstan, images, socket string) []res
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{cc: cc, cfg: cfg, kubeconfig: cluster.Kubeconfig(cfg.DataDir), capstan: capstan, nodes: st.Nodes, nodeIPs: map[string]string{}, ns: "e2e"}
+	e := &env{cc: cc, cfg: cfg, kubeconfig: cluster.Kubeconfig(cfg.DataDir), capstan: capstan, echo: echo, nodes: st.Nodes, nodeIPs: map[string]string{}, ns: "e2e"}
 	rc, err := clientcmd.BuildConfigFromFlags("", e.kubeconfig)
 	if err != nil {
 		t.Fatal(err)

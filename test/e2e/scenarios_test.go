@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 type scenario struct {
@@ -97,6 +99,7 @@ func serviceScenarios() []scenario {
 				}
 			}
 		}},
+		{"NodePort forwards segments above the MTU to another node's backend", nil, largeNodePort},
 		{"externalTrafficPolicy Local: local endpoints only, client IP kept", nil, func(t *testing.T, e *env) {
 			port := e.nodePort(t, "echo-local")
 			onNode := map[string][]string{}
@@ -275,6 +278,41 @@ func leastConn(t *testing.T, e *env) {
 		t.Fatalf("a new connection went to %s, which holds 4: %v", busy.Name, r.connected)
 	}
 	t.Logf("held on %s; new connections on %v", busy.Name, r.connected)
+}
+
+// largeNodePort sends 20 kB requests and answers (GSO packets on the veths)
+// through a NodePort whose one backend is on another node than the one
+// entered: the NAT path must forward packets bigger than the MTU.
+func largeNodePort(t *testing.T, e *env) {
+	ctx := context.Background()
+	pod := e.echoPods(t)[0]
+	patch := `{"metadata":{"labels":{"np":"one"}}}`
+	if _, err := e.cs.CoreV1().Pods(e.ns).Patch(ctx, pod.Name, "application/merge-patch+json", []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.cs.CoreV1().Pods(e.ns).Patch(ctx, pod.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"np":null}}}`), metav1.PatchOptions{})
+		e.cs.CoreV1().Services(e.ns).Delete(ctx, "echo-one", metav1.DeleteOptions{})
+	})
+	svc, err := e.cs.CoreV1().Services(e.ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "echo-one"}, Spec: corev1.ServiceSpec{
+		Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "echo", "np": "one"},
+		Ports: []corev1.ServicePort{{Name: "perf", Port: 5201, TargetPort: intstr.FromInt32(5201)}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitEndpoints(t, "echo-one", 1)
+	for node, ip := range e.nodeIPs {
+		addr := fmt.Sprintf("%s:%d", ip, svc.Spec.Ports[0].NodePort)
+		if err := eventually(20*time.Second, func() error {
+			out, err := exec.Command("ip", "netns", "exec", e.cfg.Name+"-outside", e.echo, "perf", addr, "--test", "rr", "--size", "20000", "--duration", "1s").CombinedOutput()
+			if err != nil || !strings.Contains(string(out), `"errors":0,`) || strings.Contains(string(out), `"ops":0,`) {
+				return fmt.Errorf("%s (%s, backend on %s): %v %s", addr, node, pod.Spec.NodeName, err, out)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (e *env) waitEndpoints(t *testing.T, svc string, n int) {

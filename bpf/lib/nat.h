@@ -60,6 +60,32 @@ static __always_inline int nat_apply(struct __sk_buff *skb, struct tuple *t,
 	return 0;
 }
 
+/* snat_port_free reports whether the reply tuple r is free for a new flow. A tuple still held
+ * by a TCP flow that closed over a second ago is reclaimed, as a new SYN reopens a TIME_WAIT
+ * conntrack entry in netfilter: at high connection rates closed flows would otherwise hold
+ * the small SNAT range for the whole close timeout (4,536 ports over 10 s is ~450 new
+ * connections a second per backend). */
+static __always_inline bool snat_port_free(struct ct_key *r)
+{
+	struct ct_entry *re = bpf_map_lookup_elem(&ct4, r), *fe;
+	struct ct_key f = {};
+
+	if (!re)
+		return true;
+	ct_fwd_key(r, re, &f);
+	fe = ct_lookup(&f);
+	if (!fe) {
+		bpf_map_delete_elem(&ct4, r);
+		return true;
+	}
+	if ((fe->flags & CT_F_CLOSING) &&
+	    fe->expires + NSEC_PER_SEC < bpf_ktime_get_ns() + ct_timeout_close_ns) {
+		ct_delete(&f, fe);
+		return true;
+	}
+	return false;
+}
+
 /* snat_alloc picks the SNAT source port for a new flow whose entry already holds src_addr:
  * the client's own port when it is in range and free, otherwise a random free one. */
 static __always_inline int snat_alloc(struct ct_key *fwd, struct ct_entry *val)
@@ -74,7 +100,7 @@ static __always_inline int snat_alloc(struct ct_key *fwd, struct ct_entry *val)
 			port = snat_port_min + bpf_get_prandom_u32() % range;
 		val->src_port = bpf_htons(port);
 		ct_reply_key(fwd, val, &r);
-		if (!bpf_map_lookup_elem(&ct4, &r))
+		if (snat_port_free(&r))
 			return 0;
 	}
 	return -1;

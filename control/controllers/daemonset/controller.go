@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
+	"github.com/capstan-net/capstan/control/controllers/expectations"
 	"github.com/capstan-net/capstan/control/controllers/worker"
 )
 
@@ -52,7 +53,7 @@ type Controller struct {
 	podLister    corelisters.PodLister
 	nodeLister   corelisters.NodeLister
 	synced       []cache.InformerSynced
-	expectations *expectations
+	expectations *expectations.Expectations
 	backoff      *failedBackoff
 }
 
@@ -63,7 +64,7 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, c
 		client: client, clock: clk, log: log, logr: logr.FromSlogHandler(log.Handler()),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "daemonset", Clock: clk}),
-		expectations: newExpectations(clk),
+		expectations: expectations.New(clk),
 		backoff:      newFailedBackoff(clk),
 	}
 	dsInf := factory.Apps().V1().DaemonSets()
@@ -79,7 +80,7 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, c
 		UpdateFunc: func(_, obj interface{}) { c.enqueue(obj) },
 		DeleteFunc: func(obj interface{}) {
 			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-				c.expectations.forget(key)
+				c.expectations.Forget(key)
 				c.backoff.forget(key)
 				c.queue.Add(key)
 			}
@@ -155,7 +156,7 @@ func (c *Controller) addPod(obj interface{}) {
 		return
 	}
 	if key, ok := ownerKey(pod); ok {
-		c.expectations.creationObserved(key)
+		c.expectations.CreationObserved(key)
 		c.queue.Add(key)
 		return
 	}
@@ -221,7 +222,7 @@ func (c *Controller) deletePod(obj interface{}) {
 		}
 	}
 	if key, ok := ownerKey(pod); ok {
-		c.expectations.deletionObserved(key, podKey(pod))
+		c.expectations.DeletionObserved(key, podKey(pod))
 		c.queue.Add(key)
 	}
 }
@@ -253,7 +254,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	}
 	cached, err := c.dsLister.DaemonSets(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		c.expectations.forget(key)
+		c.expectations.Forget(key)
 		return nil
 	}
 	if err != nil {
@@ -283,7 +284,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	states, stray := c.group(ds, nodes, owned)
 
 	var manageErr error
-	if c.expectations.satisfied(key) && ds.DeletionTimestamp == nil {
+	if c.expectations.Satisfied(key) && ds.DeletionTimestamp == nil {
 		p := c.plan(key, ds, hash, states, stray)
 		manageErr = c.execute(ctx, key, ds, hash, p)
 		if p.retryAfter > 0 {
@@ -532,14 +533,14 @@ func (c *Controller) execute(ctx context.Context, key string, ds *appsv1.DaemonS
 	for i, pod := range del {
 		keys[i] = podKey(pod)
 	}
-	c.expectations.expect(key, len(create), keys)
+	c.expectations.Expect(key, len(create), keys)
 
 	var errs []error
 	for _, pod := range del {
 		err := c.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &pod.UID}})
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			// No informer event will come for a delete that failed.
-			c.expectations.deletionObserved(key, podKey(pod))
+			c.expectations.DeletionObserved(key, podKey(pod))
 			errs = append(errs, fmt.Errorf("delete pod %s: %w", pod.Name, err))
 		}
 	}
@@ -548,7 +549,7 @@ func (c *Controller) execute(ctx context.Context, key string, ds *appsv1.DaemonS
 			// Failed and never-attempted creates produce no event. One
 			// refusal (quota, admission) will repeat, so stop here.
 			for range create[i:] {
-				c.expectations.creationObserved(key)
+				c.expectations.CreationObserved(key)
 			}
 			errs = append(errs, err)
 			break

@@ -100,7 +100,7 @@ func (f *fixture) refresh() {
 // caches refreshed and expectations met.
 func (f *fixture) catchUp() {
 	f.refresh()
-	f.c.expectations.forget("default/" + dsName)
+	f.c.expectations.Forget("default/" + dsName)
 }
 
 func (f *fixture) sync() {
@@ -319,7 +319,7 @@ func TestCreatesOnePinnedPodPerEligibleNode(t *testing.T) {
 	for _, p := range f.pods() {
 		f.c.addPod(&p)
 	}
-	if !f.c.expectations.satisfied("default/" + dsName) {
+	if !f.c.expectations.Satisfied("default/" + dsName) {
 		t.Fatal("expectations not satisfied after the creations were observed")
 	}
 	f.sync()
@@ -629,7 +629,7 @@ func TestCreateFailureLowersExpectations(t *testing.T) {
 	if n := len(f.actions("create", "pods")); n != 1 {
 		t.Fatalf("create attempts = %d, want 1", n)
 	}
-	if !f.c.expectations.satisfied("default/" + dsName) {
+	if !f.c.expectations.Satisfied("default/" + dsName) {
 		t.Fatal("expectations still pending after failed creates")
 	}
 }

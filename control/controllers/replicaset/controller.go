@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 
+	"github.com/capstan-net/capstan/control/controllers/expectations"
 	"github.com/capstan-net/capstan/control/controllers/worker"
 )
 
@@ -47,7 +48,7 @@ type Controller struct {
 	rsLister     appslisters.ReplicaSetLister
 	podLister    corelisters.PodLister
 	synced       []cache.InformerSynced
-	expectations *expectations
+	expectations *expectations.Expectations
 }
 
 // New makes the controller and registers its informers with factory; the
@@ -57,7 +58,7 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, c
 		client: client, clock: clk, log: log,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "replicaset", Clock: clk}),
-		expectations: newExpectations(clk),
+		expectations: expectations.New(clk),
 	}
 	rsInf := factory.Apps().V1().ReplicaSets()
 	podInf := factory.Core().V1().Pods()
@@ -70,7 +71,7 @@ func New(client kubernetes.Interface, factory informers.SharedInformerFactory, c
 		UpdateFunc: func(_, obj interface{}) { c.enqueue(obj) },
 		DeleteFunc: func(obj interface{}) {
 			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-				c.expectations.forget(key)
+				c.expectations.Forget(key)
 				c.queue.Add(key)
 			}
 		},
@@ -141,7 +142,7 @@ func (c *Controller) addPod(obj interface{}) {
 	}
 	if metav1.GetControllerOf(pod) != nil {
 		if rs := c.owner(pod); rs != nil {
-			c.expectations.creationObserved(rsKey(rs))
+			c.expectations.CreationObserved(rsKey(rs))
 			c.queue.Add(rsKey(rs))
 		}
 		return
@@ -203,7 +204,7 @@ func (c *Controller) deletePod(obj interface{}) {
 		return
 	}
 	key := pod.Namespace + "/" + ref.Name
-	c.expectations.deletionObserved(key, podKey(pod))
+	c.expectations.DeletionObserved(key, podKey(pod))
 	c.queue.Add(key)
 }
 
@@ -217,7 +218,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 	}
 	cached, err := c.rsLister.ReplicaSets(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		c.expectations.forget(key)
+		c.expectations.Forget(key)
 		return nil
 	}
 	if err != nil {
@@ -231,7 +232,7 @@ func (c *Controller) sync(ctx context.Context, key string) error {
 		c.log.Warn("replicaset has unusable selector", "replicaset", key, "err", err)
 		return nil
 	}
-	needsManage := c.expectations.satisfied(key) && rs.DeletionTimestamp == nil
+	needsManage := c.expectations.Satisfied(key) && rs.DeletionTimestamp == nil
 
 	all, err := c.podLister.Pods(ns).List(labels.Everything())
 	if err != nil {
@@ -349,11 +350,11 @@ func (c *Controller) manage(ctx context.Context, key string, rs *appsv1.ReplicaS
 	switch {
 	case diff < 0:
 		n := min(-diff, burstReplicas)
-		c.expectations.expectCreations(key, n)
+		c.expectations.ExpectCreations(key, n)
 		created, err := slowStart(n, func() error { return c.createPod(ctx, rs) })
 		// Failed and never-attempted creates produce no informer event.
 		for i := created; i < n; i++ {
-			c.expectations.creationObserved(key)
+			c.expectations.CreationObserved(key)
 		}
 		if err != nil {
 			return pods, err
@@ -367,13 +368,13 @@ func (c *Controller) manage(ctx context.Context, key string, rs *appsv1.ReplicaS
 		for i, p := range victims {
 			keys[i] = podKey(p)
 		}
-		c.expectations.expectDeletions(key, keys)
+		c.expectations.ExpectDeletions(key, keys)
 		gone := map[string]bool{}
 		var errs []error
 		for _, p := range victims {
 			err := c.client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &p.UID}})
 			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-				c.expectations.deletionObserved(key, podKey(p))
+				c.expectations.DeletionObserved(key, podKey(p))
 				errs = append(errs, fmt.Errorf("delete pod %s: %w", p.Name, err))
 				continue
 			}

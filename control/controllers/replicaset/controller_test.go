@@ -19,6 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/capstan-net/capstan/control/controllers/expectations"
 )
 
 var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
@@ -203,7 +205,7 @@ func TestExpectationsExpire(t *testing.T) {
 	if n := len(f.actions("create", "pods")); n != 2 {
 		t.Fatalf("creates before TTL = %d, want 2", n)
 	}
-	f.clock.Step(expectationTTL + time.Second)
+	f.clock.Step(expectations.TTL + time.Second)
 	f.sync("default/web")
 	if n := len(f.actions("create", "pods")); n != 4 {
 		t.Fatalf("creates after TTL = %d, want 4", n)
@@ -345,7 +347,7 @@ func TestCreateFailureLowersExpectations(t *testing.T) {
 	}
 	// No create succeeded, so nothing is awaited and the next sync
 	// tries again at once.
-	if !f.c.expectations.satisfied("default/web") {
+	if !f.c.expectations.Satisfied("default/web") {
 		t.Fatal("expectations still pending after failed creates")
 	}
 	if c := f.rs("web").Status.Conditions; len(c) != 1 || c[0].Type != appsv1.ReplicaSetReplicaFailure {

@@ -32,8 +32,10 @@ type Config struct {
 	RunDir  string
 	Nodes   int
 	Routing string // native or vxlan
-	// Mode is how nodes implement Services: ebpf (the default) or iptables.
-	Mode string
+	// Mode is how nodes implement Services: ebpf (the default), iptables, or
+	// none with the upstream kube-proxy at KubeProxy running in every node.
+	Mode      string
+	KubeProxy string
 	// ServerArgs are extra `capstan server` flags (tests shorten the node
 	// monitor grace period with them).
 	ServerArgs []string
@@ -87,8 +89,13 @@ func (c *Config) setDefaults() error {
 	if c.Mode == "" {
 		c.Mode = "ebpf"
 	}
-	if c.Mode != "ebpf" && c.Mode != "iptables" {
-		return fmt.Errorf("--mode %q: want ebpf or iptables", c.Mode)
+	switch {
+	case c.Mode != "ebpf" && c.Mode != "iptables" && c.Mode != "none":
+		return fmt.Errorf("--mode %q: want ebpf, iptables or none", c.Mode)
+	case c.Mode == "none" && c.KubeProxy == "":
+		return errors.New("--mode none leaves Services to kube-proxy: give its binary with --kube-proxy (tools/kube-proxy/build.sh builds it)")
+	case c.KubeProxy != "" && c.Mode != "none":
+		return fmt.Errorf("--kube-proxy needs --mode none (the node would run two service proxies)")
 	}
 	if !c.Subnet.IsValid() {
 		c.Subnet = netip.MustParsePrefix(DefaultSubnet)
@@ -278,6 +285,14 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		if err := cfg.start(node, args); err != nil {
 			return nil, err
 		}
+		if cfg.KubeProxy != "" {
+			// The upstream kube-proxy in iptables mode, as users who keep it run it.
+			if err := cfg.start(node+"-kube-proxy", []string{"nsenter", "--net=/run/netns/" + ns, cfg.KubeProxy,
+				"--kubeconfig", Kubeconfig(cfg.DataDir), "--hostname-override", node, "--proxy-mode", "iptables",
+				"--cluster-cidr", clusterCIDR, "--nodeport-addresses", "primary"}); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return st, nil
 }
@@ -312,6 +327,7 @@ func Down(ctx context.Context, cfg Config) error {
 	var errs []error
 	// Agents first (pods keep running without them), then the server.
 	for _, node := range st.Nodes {
+		cfg.stop(node + "-kube-proxy")
 		cfg.stop(node)
 	}
 	cfg.stop("server")
@@ -417,7 +433,7 @@ func (c *Config) running(name string) int {
 		return 0
 	}
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !strings.Contains(string(cmdline), "capstan") {
+	if !strings.Contains(string(cmdline), "capstan") && !strings.Contains(string(cmdline), "kube-proxy") {
 		return 0 // the pid was reused
 	}
 	return pid

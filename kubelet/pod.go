@@ -126,7 +126,9 @@ func (w *podWorker) sync(ctx context.Context) bool {
 			zero := int64(0)
 			err := w.k.cfg.Client.CoreV1().Pods(w.ns).Delete(ctx, w.name, metav1.DeleteOptions{
 				GracePeriodSeconds: &zero, Preconditions: &metav1.Preconditions{UID: &w.uid}})
-			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+			// Forbidden too: the node authorizer cannot tie a pod that is
+			// already gone (deleted with grace 0) to this node.
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) && !apierrors.IsForbidden(err) {
 				w.log().Warn("delete pod", "err", err)
 				return false
 			}

@@ -44,6 +44,7 @@ build of capstan-echo (make bench builds both).`,
 				EchoBinary:       v.GetString("echo-binary"),
 				Images:           v.GetStringSlice("images"),
 				Modes:            v.GetStringSlice("modes"),
+				KubeProxy:        v.GetString("kube-proxy"),
 				ServiceCounts:    v.GetIntSlice("services"),
 				EndpointsMin:     v.GetInt("endpoints-min"),
 				EndpointsMax:     v.GetInt("endpoints-max"),
@@ -61,7 +62,8 @@ build of capstan-echo (make bench builds both).`,
 	f := cmd.Flags()
 	f.String("echo-binary", "bin/capstan-echo", "capstan-echo built for this host (go build -o bin/capstan-echo ./test/images/echo), the outside client")
 	f.StringSlice("images", []string{"bin/images/capstan-test-images.tar"}, "image archives with capstan.local/echo:1.0 (make images)")
-	f.StringSlice("modes", []string{"ebpf", "iptables"}, "service modes to compare, in order")
+	f.StringSlice("modes", nil, `service modes to compare, in order: ebpf, iptables, none (default: ebpf and iptables, plus none with --kube-proxy)`)
+	f.String("kube-proxy", "", "upstream kube-proxy binary (tools/kube-proxy/build.sh): adds a column for mode none with kube-proxy in iptables mode")
 	f.IntSlice("services", []int{1, 1000, 10000}, "Service counts to measure at (the measured Services are last in any ordered list)")
 	f.Int("endpoints-min", 2, "fewest endpoints per filler Service")
 	f.Int("endpoints-max", 10, "most endpoints per filler Service")

@@ -22,6 +22,7 @@ func clusterConfig(v *viper.Viper) (cluster.Config, error) {
 		Nodes:            v.GetInt("nodes"),
 		Routing:          v.GetString("routing"),
 		Mode:             v.GetString("mode"),
+		KubeProxy:        v.GetString("kube-proxy"),
 		Port:             v.GetInt("port"),
 		Images:           v.GetStringSlice("images"),
 		ContainerdSocket: v.GetString("containerd-socket"),
@@ -87,7 +88,8 @@ Logs: %s/cluster/logs/. Remove everything with: capstan down
 	f := cmd.Flags()
 	f.Int("nodes", 3, "number of nodes")
 	f.String("routing", "native", "pod routing between nodes: native or vxlan")
-	f.String("mode", "ebpf", "how nodes implement Services: ebpf, or iptables (kube-proxy-style rules, for comparison)")
+	f.String("mode", "ebpf", "how nodes implement Services: ebpf, iptables (kube-proxy-style rules, for comparison), or none (with --kube-proxy)")
+	f.String("kube-proxy", "", "with --mode none: the upstream kube-proxy binary every node runs in iptables mode (tools/kube-proxy/build.sh)")
 	f.Int("port", 6443, "API server port on the underlay address")
 	f.StringSlice("images", nil, "image archives every node imports (make images builds bin/images/capstan-test-images.tar)")
 	return cmd

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -955,10 +956,16 @@ func (s *Server) serveWatch(ctx context.Context, w http.ResponseWriter, r *http.
 				if obj, err = ri.res.ToServed(obj); err != nil {
 					return nil
 				}
-				if mopts.Convert != nil && ev.Type != watch.Bookmark {
+				switch {
+				case mopts.Convert == nil:
+				case ev.Type != watch.Bookmark:
 					if obj, err = s.transform(ctx, r, ri, obj, mopts.Convert.Kind); err != nil {
 						return nil
 					}
+				case strings.HasPrefix(mopts.Convert.Kind, "PartialObjectMetadata"):
+					// A metadata client decodes nothing else, bookmarks included:
+					// a full object here broke its watch on every bookmark.
+					obj = partial(obj)
 				}
 			}
 			buf.Reset()

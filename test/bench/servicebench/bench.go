@@ -26,8 +26,10 @@ type Config struct {
 	Binary     string   // the capstan binary
 	EchoBinary string   // capstan-echo built for the host: the outside client
 	Images     []string // image archives with capstan.local/echo:1.0
-	// Modes to compare, in order: "ebpf", "iptables".
-	Modes []string
+	// Modes to compare, in order: "ebpf", "iptables", and "none" (the upstream kube-proxy
+	// at KubeProxy in iptables mode, Capstan keeping only pod routing).
+	Modes     []string
+	KubeProxy string
 	// ServiceCounts are the numbers of Services installed while measuring; the measured
 	// Services are among them and last in any ordered rule list.
 	ServiceCounts []int
@@ -53,10 +55,16 @@ func (c *Config) setDefaults() error {
 	}
 	if len(c.Modes) == 0 {
 		c.Modes = []string{"ebpf", "iptables"}
+		if c.KubeProxy != "" {
+			c.Modes = append(c.Modes, "none")
+		}
 	}
 	for _, m := range c.Modes {
-		if m != "ebpf" && m != "iptables" {
-			return fmt.Errorf("bench services: mode %q: want ebpf or iptables", m)
+		if m != "ebpf" && m != "iptables" && m != "none" {
+			return fmt.Errorf("bench services: mode %q: want ebpf, iptables or none", m)
+		}
+		if m == "none" && c.KubeProxy == "" {
+			return errors.New("bench services: mode none measures the upstream kube-proxy: give its binary (--kube-proxy)")
 		}
 	}
 	if len(c.ServiceCounts) == 0 {
@@ -152,6 +160,7 @@ type Programming struct {
 type Footprint struct {
 	Services      int    `json:"services"`
 	AgentRSS      uint64 `json:"agentRssBytes"`
+	KubeProxyRSS  uint64 `json:"kubeProxyRssBytes,omitempty"`
 	BPFMapBytes   uint64 `json:"bpfMapBytes,omitempty"`
 	BPFMaps       int    `json:"bpfMaps,omitempty"`
 	IptablesRules int    `json:"iptablesRules,omitempty"`
@@ -196,18 +205,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep := &Report{Started: time.Now().UTC(), Machine: machine(), Duration: cfg.Duration.String(), Connections: cfg.Connections}
+	var runErr error
 	for _, mode := range cfg.Modes {
 		mr, err := runMode(ctx, cfg, mode)
 		if err != nil {
-			return rep, fmt.Errorf("%s mode: %w", mode, err)
+			// The modes measured so far are still worth their table.
+			runErr = fmt.Errorf("%s mode: %w", mode, err)
+			break
 		}
 		rep.Modes = append(rep.Modes, mr)
 	}
 	writeTable(cfg.Out, rep)
 	if err := writeFiles(cfg.OutDir, rep); err != nil {
-		return rep, err
+		return rep, errors.Join(runErr, err)
 	}
-	return rep, nil
+	return rep, runErr
 }
 
 // runMode brings a 2-node cluster up in mode, measures, and takes it down.
@@ -216,6 +228,9 @@ func runMode(ctx context.Context, cfg Config, mode string) (_ *ModeReport, err e
 		Name: fmt.Sprintf("bench%04x", rand.IntN(1<<16)), DataDir: filepath.Join(cfg.DataDir, mode), RunDir: filepath.Join(cfg.RunDir, mode),
 		Nodes: 2, Mode: mode, Subnet: netip.MustParsePrefix(fmt.Sprintf("172.27.%d.0/24", 1+rand.IntN(250))),
 		Port: 20000 + rand.IntN(10000), Binary: cfg.Binary, Images: cfg.Images, ContainerdSocket: cfg.ContainerdSocket, Log: cfg.Log,
+	}
+	if mode == "none" {
+		cc.KubeProxy = cfg.KubeProxy
 	}
 	cfg.Log.Info("bringing a cluster up", "mode", mode, "name", cc.Name)
 	defer func() {

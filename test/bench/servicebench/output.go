@@ -52,13 +52,21 @@ func format(m Measurement) string {
 	return s
 }
 
+// modeLabel names a mode for people: "none" is measured with the upstream kube-proxy.
+func modeLabel(mode string) string {
+	if mode == "none" {
+		return "kube-proxy"
+	}
+	return mode
+}
+
 func writeTable(out io.Writer, rep *Report) {
 	fmt.Fprintf(out, "capstan bench services: %d CPUs (%s), kernel %s, %s; %s per run, %d connection(s)\n\n",
 		rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.Memory, rep.Duration, rep.Connections)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	header := "SERVICES\tPATH\tTEST"
 	for _, mr := range rep.Modes {
-		header += "\t" + strings.ToUpper(mr.Mode)
+		header += "\t" + strings.ToUpper(modeLabel(mr.Mode))
 	}
 	fmt.Fprintln(tw, header)
 	idx := make([]map[key]Measurement, len(rep.Modes))
@@ -89,6 +97,9 @@ func writeTable(out io.Writer, rep *Report) {
 		fmt.Fprintf(out, "%s: one EndpointSlice update followed in %s; ", mr.Mode, mr.Update.Round(time.Millisecond))
 		f := mr.Footprint
 		fmt.Fprintf(out, "agent RSS %.1f MiB", float64(f.AgentRSS)/(1<<20))
+		if f.KubeProxyRSS > 0 {
+			fmt.Fprintf(out, ", kube-proxy RSS %.1f MiB", float64(f.KubeProxyRSS)/(1<<20))
+		}
 		if f.BPFMaps > 0 {
 			fmt.Fprintf(out, ", %d BPF maps %.1f MiB", f.BPFMaps, float64(f.BPFMapBytes)/(1<<20))
 		}
@@ -216,7 +227,7 @@ func chart(rep *Report) string {
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">`+"\n", width, height)
 	fmt.Fprintf(&b, `<text x="10" y="18" font-size="14">capstan bench services, %s</text>`+"\n", html.EscapeString(rep.Started.Format(time.RFC3339)))
 	for i, mr := range rep.Modes {
-		fmt.Fprintf(&b, `<rect x="%d" y="28" width="10" height="10" fill="%s"/><text x="%d" y="37">%s</text>`+"\n", 10+i*90, colors[i%len(colors)], 24+i*90, html.EscapeString(mr.Mode))
+		fmt.Fprintf(&b, `<rect x="%d" y="28" width="10" height="10" fill="%s"/><text x="%d" y="37">%s</text>`+"\n", 10+i*90, colors[i%len(colors)], 24+i*90, html.EscapeString(modeLabel(mr.Mode)))
 	}
 	for pi, p := range panels {
 		y0 := 60 + pi*(ph+40)

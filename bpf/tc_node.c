@@ -14,6 +14,8 @@ int tc_node_ingress(struct __sk_buff *skb)
 	struct tuple t = {};
 	int rc;
 
+	if (policy_only)
+		return TC_ACT_OK;
 	if (parse_ipv4(skb, &t) < 0)
 		return TC_ACT_OK;
 	rc = rev_nat(skb, &t, true);
@@ -23,13 +25,22 @@ int tc_node_ingress(struct __sk_buff *skb)
 }
 
 /* Leaving the node: a reply the stack routed out before any other hook translated it, and
- * pod traffic to the outside, masqueraded. */
+ * pod traffic to the outside, masqueraded. In policy-only mode, only the egress rules of
+ * local pods' traffic. */
 SEC("tc")
 int tc_node_egress(struct __sk_buff *skb)
 {
 	struct tuple t = {};
+	__be32 saddr;
 	int rc;
 
+	if (policy_only) {
+		/* A local pod's service flow to another node, after the stack's DNAT. */
+		if (bpf_skb_load_bytes(skb, L3_OFF + 12, &saddr, sizeof(saddr)) == 0 &&
+		    skb->protocol == bpf_htons(ETH_P_IP) && in_cluster_cidr(saddr))
+			return policy_judge(skb, POL_EGRESS);
+		return TC_ACT_OK;
+	}
 	if (parse_ipv4(skb, &t) < 0)
 		return TC_ACT_OK;
 	rc = rev_nat(skb, &t, false);

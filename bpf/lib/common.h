@@ -69,6 +69,12 @@ volatile const __be32 cluster_cidr_addr = 0;
 volatile const __be32 cluster_cidr_mask = 0;
 volatile const __be32 service_cidr_addr = 0;
 volatile const __be32 service_cidr_mask = 0;
+/* Policy only: Services are iptables' or kube-proxy's, so the pod and node programs leave
+ * translation and routing to the stack and only judge NetworkPolicy, where the stack has
+ * done its DNAT: on the way into a pod and out of the node. */
+volatile const __u8 policy_only = 0;
+/* Policy drop events each CPU may emit per second (capstan dp monitor); 0 turns them off. */
+volatile const __u32 policy_events_per_sec = 100;
 
 enum routing_modes {
 	ROUTING_NATIVE = 0,

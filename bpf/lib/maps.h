@@ -278,3 +278,184 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
+
+/* NetworkPolicy. The daemon compiles the policies selecting each local pod into LPM entries:
+ * (pod, direction, peer prefix) -> the ports the peer may use, where a port set is itself an
+ * LPM of (set, protocol, port prefix). A pod absent from policy_eps, or without the direction's
+ * bit, is not isolated in that direction. */
+enum pol_dir {
+	POL_INGRESS = 0, /* packets entering the pod */
+	POL_EGRESS = 1,  /* packets the pod sends */
+};
+
+enum pol_ep_flags {
+	POL_F_INGRESS = 1 << POL_INGRESS,
+	POL_F_EGRESS = 1 << POL_EGRESS,
+};
+
+struct pol_ep {
+	__u32 flags;
+	__u32 pad;
+};
+
+/* prefixlen counts from ep: 64 + the peer prefix's bits. */
+struct pol_key {
+	__u32 prefixlen;
+	__be32 ep;
+	__u8 dir;
+	__u8 pad[3];
+	__be32 peer;
+};
+
+/* ports_id 0 allows every port (policy_id names one policy granting it); POL_PORTS_DENY is a
+ * hole (an ipBlock except) in a shorter prefix; anything else is looked up in policy_ports. */
+#define POL_PORTS_DENY 0xffffffffU
+
+struct pol_val {
+	__u32 ports_id;
+	__u32 policy_id;
+};
+
+/* prefixlen counts from ports_id: 48 + the port prefix's bits. Value: a policy ID. */
+struct pol_port_key {
+	__u32 prefixlen;
+	__u32 ports_id;
+	__u8 proto;
+	__u8 pad;
+	__be16 port;
+};
+
+/* The policy path's own connection tracking: every flow through a pod's interface gets a
+ * forward entry and a reply twin, so replies of allowed connections pass both pods' policies. */
+struct pct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+enum pct_flags {
+	PCT_F_REPLY = 1 << 0,
+	PCT_F_CLOSING = 1 << 1,
+	/* The flow passed the destination's ingress (or the source's egress) rules of policy
+	 * revision pct_val.rev; POL_INGRESS and POL_EGRESS shift it. */
+	PCT_F_OK = 1 << 2,
+};
+
+struct pct_val {
+	__u64 expires;
+	__u32 flags;
+	__u32 rev;
+};
+
+/* A dropped packet, for `capstan dp monitor`. */
+enum pol_drop_reason {
+	POL_DROP_PEER = 1, /* no rule admits the peer */
+	POL_DROP_PORT = 2, /* the peer is admitted, but not on this protocol and port */
+	POL_DROP_HOLE = 3, /* the peer is in an ipBlock's except */
+};
+
+struct pol_event {
+	__u64 ts;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u8 reason;
+	__u8 pad;
+	__u32 ifindex;
+	__u32 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __be32);
+	__type(value, struct pol_ep);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_eps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct pol_key);
+	__type(value, struct pol_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct pol_port_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 524288);
+	__type(key, struct pct_key);
+	__type(value, struct pct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_ct4 SEC(".maps");
+
+/* The policy revision: the daemon bumps element 0 after every sync that changed the rules, so
+ * a verdict cached in a flow's entry counts only while it is current. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_rev SEC(".maps");
+
+/* Verdict counters: [dir * 4 + POL_STAT_*]. */
+enum pol_stat {
+	POL_STAT_ALLOW_FLOW = 0, /* new flows admitted at an isolated pod */
+	POL_STAT_DENY = 1,       /* packets dropped */
+	POL_STAT_REPLY = 2,      /* packets an isolated pod's rules deny, passed as replies */
+	POL_STAT_OPEN_FLOW = 3,  /* new flows at a pod not isolated in that direction */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_stats SEC(".maps");
+
+/* New flows admitted per policy and direction: [policy_id * 2 + dir]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_counts SEC(".maps");
+
+/* Drop events, rate-limited per CPU by policy_event_rl. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_events SEC(".maps");
+
+struct pol_rl {
+	__u64 window;
+	__u64 sent;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pol_rl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_event_rl SEC(".maps");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "nat.h"
+#include "policy.h"
 
 static __always_inline void stat_inc(__u32 reason)
 {
@@ -25,16 +26,19 @@ static __always_inline int load_daddr(struct __sk_buff *skb, __be32 *daddr)
 	return bpf_skb_load_bytes(skb, IP_DST_OFF, daddr, sizeof(*daddr));
 }
 
-/* ep_deliver hands a packet to a pod on this node: one routed hop (TTL, MACs of the pod's
- * link) and bpf_redirect_peer into the pod's netns. The pod's eth0 must see its own MAC as
- * the destination, or it drops the packet as another host's. It returns -1, leaving the packet
- * to the stack, when the TTL runs out: the stack sends the time-exceeded error. */
+/* ep_deliver hands a packet to a pod on this node: the pod's ingress policy, one routed hop
+ * (TTL, MACs of the pod's link) and bpf_redirect_peer into the pod's netns, which skips the
+ * host veth's egress program. The pod's eth0 must see its own MAC as the destination, or it
+ * drops the packet as another host's. It returns -1, leaving the packet to the stack, when the
+ * TTL runs out: the stack sends the time-exceeded error. */
 static __always_inline int ep_deliver(struct __sk_buff *skb, struct endpoint_info *ep,
 				      __u32 reason)
 {
 	__u32 ifindex = ep->ifindex;
 	__u8 macs[2 * ETH_ALEN];
 
+	if (policy_judge(skb, POL_INGRESS) != TC_ACT_OK)
+		return TC_ACT_SHOT;
 	__builtin_memcpy(macs, ep->pod_mac, ETH_ALEN);
 	__builtin_memcpy(macs + ETH_ALEN, ep->host_mac, ETH_ALEN);
 	if (ttl_dec(skb) < 0)

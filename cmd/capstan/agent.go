@@ -91,6 +91,9 @@ func newAgentCmd() *cobra.Command {
 					ServiceEntries:   v.GetInt("service-entries"),
 					BackendEntries:   v.GetInt("backend-entries"),
 					Connections:      v.GetInt("connections"),
+					PolicyEndpoints:  v.GetInt("policy-endpoints"),
+					PolicyRules:      v.GetInt("policy-rules"),
+					PolicyPorts:      v.GetInt("policy-ports"),
 				},
 				Log: log,
 			})
@@ -125,6 +128,9 @@ func newAgentCmd() *cobra.Command {
 	f.Int("service-entries", 0, "dataplane map size: service frontends (default 65536)")
 	f.Int("backend-entries", 0, "dataplane map size: service backends (default 65536)")
 	f.Int("connections", 0, "dataplane map size: tracked connections (default 524288)")
+	f.Int("policy-endpoints", 0, "dataplane map size: pods NetworkPolicy isolates (default 4096)")
+	f.Int("policy-rules", 0, "dataplane map size: NetworkPolicy peer entries over all pods (default 65536)")
+	f.Int("policy-ports", 0, "dataplane map size: NetworkPolicy port entries (default 65536)")
 	f.String("dataplane-metrics-addr", "", "serve the dataplane's Prometheus metrics here (host:port)")
 	return cmd
 }

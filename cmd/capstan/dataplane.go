@@ -45,6 +45,9 @@ func newDataplaneCmd() *cobra.Command {
 				ServiceEntries:   v.GetInt("service-entries"),
 				BackendEntries:   v.GetInt("backend-entries"),
 				Connections:      v.GetInt("connections"),
+				PolicyEndpoints:  v.GetInt("policy-endpoints"),
+				PolicyRules:      v.GetInt("policy-rules"),
+				PolicyPorts:      v.GetInt("policy-ports"),
 				Masquerade:       v.GetString("cluster-cidr") != "" && v.GetBool("masquerade"),
 				Logger:           log,
 			}
@@ -97,6 +100,9 @@ func newDataplaneCmd() *cobra.Command {
 	f.Int("service-entries", 0, "map size: service frontends (default 65536)")
 	f.Int("backend-entries", 0, "map size: service backends (default 65536)")
 	f.Int("connections", 0, "map size: tracked connections (default 524288)")
+	f.Int("policy-endpoints", 0, "map size: pods NetworkPolicy isolates (default 4096)")
+	f.Int("policy-rules", 0, "map size: NetworkPolicy peer entries over all pods (default 65536)")
+	f.Int("policy-ports", 0, "map size: NetworkPolicy port entries (default 65536)")
 	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules) or none (an external kube-proxy)")
 	f.String("routing", "", "pod routing between nodes: native or vxlan (default: leave it to the CNI in use)")
 	f.String("endpoints-dir", "", "capstan-cni endpoint records, whose pod veths get the pod programs")
@@ -147,6 +153,8 @@ func newDPCmd() *cobra.Command {
 		ct,
 		sub("stats", "Show each map's fill and the packet counters", showStats),
 		sub("routes", "List local pod endpoints (redirect_peer) and remote podCIDR tunnel routes", showRoutes),
+		newDPPolicyCmd(),
+		newDPMonitorCmd(),
 	)
 	return cmd
 }

@@ -81,10 +81,16 @@ type Config struct {
 	BackendEntries int
 	Connections    int
 	SNATAddr       netip.Addr
+	// NetworkPolicy map sizes (pods isolated, peer-prefix entries, port entries); zero takes
+	// ebpf's defaults. A policy that does not fit gets a PolicyMapFull event.
+	PolicyEndpoints, PolicyRules, PolicyPorts int
 
 	// MinSyncInterval defaults to 1s, SyncPeriod (full resync) to 30s.
 	MinSyncInterval time.Duration
 	SyncPeriod      time.Duration
+	// PolicySyncInterval is the least time between policy syncs, 100ms by default: a change
+	// to a policy, a pod's labels or a namespace's must hold within a second.
+	PolicySyncInterval time.Duration
 
 	// MetricsAddr serves /metrics when set, e.g. "127.0.0.1:9964".
 	MetricsAddr string
@@ -124,6 +130,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SyncPeriod == 0 {
 		c.SyncPeriod = 30 * time.Second
+	}
+	if c.PolicySyncInterval == 0 {
+		c.PolicySyncInterval = 100 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -171,9 +180,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		Connections:    cfg.Connections,
 		SNATAddr:       cfg.SNATAddr,
 		Masquerade:     cfg.Masquerade,
-		ClusterCIDR:    cfg.ClusterCIDR,
-		ServiceCIDR:    cfg.ServiceCIDR,
-		Logger:         log,
+
+		PolicyOnly:      cfg.Mode != ModeEBPF,
+		PolicyEndpoints: cfg.PolicyEndpoints,
+		PolicyRules:     cfg.PolicyRules,
+		PolicyPorts:     cfg.PolicyPorts,
+		ClusterCIDR:     cfg.ClusterCIDR,
+		ServiceCIDR:     cfg.ServiceCIDR,
+		Logger:          log,
 	}
 	if cfg.Routing == RoutingVXLAN {
 		var idx int
@@ -201,9 +215,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	ebpfMode := cfg.Mode == ModeEBPF
 	iptCfg := iptables.Config{Netns: cfg.Netns, ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, Masquerade: cfg.Masquerade, Logger: log}
 	if ebpfMode {
-		// A node that ran in iptables or none mode leaves no rules behind.
+		// A node that ran in iptables or none mode leaves no rules behind, and no
+		// policy-only programs beside the full ones.
 		if err := iptables.Cleanup(ctx, iptCfg); err != nil {
 			log.Warn("remove iptables mode rules", "err", err)
+		}
+		if _, err := dp.DetachPinned("policy-"); err != nil {
+			return fmt.Errorf("detach policy-only programs: %w", err)
 		}
 	} else if err := leaveEBPFMode(ctx, dp, cfg.NodeName, log); err != nil {
 		return err
@@ -224,7 +242,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		atts = append(atts, a)
 	}
-	if len(cfg.Devices) > 0 && ebpfMode {
+	// In every mode: the node programs are policy-only ones outside eBPF mode.
+	if len(cfg.Devices) > 0 {
 		err := inNetns(cfg.Netns, func() error {
 			for _, name := range cfg.Devices {
 				ifc, err := net.InterfaceByName(name)
@@ -335,6 +354,24 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := tracker.Register(factory); err != nil {
 		return err
 	}
+	// NetworkPolicy lives in the pod programs, which every mode attaches.
+	var polRunner *dataplane.Runner
+	synced := []cache.InformerSynced{tracker.HasSynced}
+	ps := newPolicySyncer(cfg.NodeName, dp, factory, recorder, log)
+	polRunner, err = dataplane.NewRunner("policy", ps.sync, dataplane.RunnerConfig{
+		MinInterval: cfg.PolicySyncInterval,
+		MaxInterval: cfg.SyncPeriod,
+		Clock:       cfg.Clock,
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	polSynced, err := registerPolicyInformers(factory, func() { polRunner.Trigger() })
+	if err != nil {
+		return err
+	}
+	synced = append(synced, polSynced...)
 	routesKick := make(chan struct{}, 1)
 	kick := func() {
 		select {
@@ -350,13 +387,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), tracker.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // ctx ended
 	}
 	// Only now is the first snapshot complete: syncing earlier would delete the services a
 	// previous daemon left in the maps, breaking new connections until the caches fill.
-	if cfg.EndpointsDir != "" && ebpfMode {
-		go newEndpointWatcher(cfg.EndpointsDir, cfg.Netns, dp, log).run(ctx)
+	if cfg.EndpointsDir != "" {
+		w := newEndpointWatcher(cfg.EndpointsDir, cfg.Netns, dp, log)
+		// Policy-only programs route nothing: pods are reached through the stack.
+		w.redirect = ebpfMode
+		go w.run(ctx)
 	}
 	switch cfg.Routing {
 	case RoutingNative:
@@ -367,6 +407,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		go syncLoop(ctx, routesKick, r.sync, log, "tunnel routes")
 	}
 	log.Info("dataplane running", "mode", cfg.Mode, "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
+	polDone := make(chan struct{})
+	// Wait for it on the way out: the datapath's maps close after Run returns.
+	defer func() { <-polDone }()
+	polRunner.Trigger()
+	go func() {
+		defer close(polDone)
+		polRunner.Run(ctx)
+	}()
 	runner.Trigger()
 	runner.Run(ctx)
 	log.Info("dataplane stopping; maps and links stay pinned")
@@ -447,6 +495,7 @@ func registerDatapathMetrics(reg prometheus.Registerer, dp *ebpf.Datapath) error
 		}, func() float64 { return float64(dp.MapWrites()) }),
 		&packetCounters{dp: dp, desc: prometheus.NewDesc("capstan_dataplane_packets_total",
 			"Packets the BPF programs counted, by path or drop reason.", []string{"reason"}, nil)},
+		newPolicyCounters(dp),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	}

@@ -23,6 +23,9 @@ type endpointWatcher struct {
 	interval time.Duration
 
 	attached map[string]attachedEndpoint // by record key (container ID + ifname)
+	// redirect fills the endpoint map, so packets for local pods go straight into their
+	// netns; off, they take the stack's path.
+	redirect bool
 }
 
 type attachedEndpoint struct {
@@ -32,7 +35,7 @@ type attachedEndpoint struct {
 
 func newEndpointWatcher(dir, netns string, dp *ebpf.Datapath, log *slog.Logger) *endpointWatcher {
 	return &endpointWatcher{dir: dir, netns: netns, dp: dp, log: log, interval: 500 * time.Millisecond,
-		attached: map[string]attachedEndpoint{}}
+		attached: map[string]attachedEndpoint{}, redirect: true}
 }
 
 func (w *endpointWatcher) run(ctx context.Context) {
@@ -79,7 +82,9 @@ func (w *endpointWatcher) scan() {
 		w.attached[key] = attachedEndpoint{ifindex: ep.HostIfIndex, att: att}
 		w.log.Info("pod programs attached", "pod", ep.PodNamespace+"/"+ep.PodName, "dev", ep.HostIfName, "ips", ep.PodIPs)
 	}
-	w.syncEndpoints(eps)
+	if w.redirect {
+		w.syncEndpoints(eps)
+	}
 	for key, a := range w.attached {
 		if _, ok := eps[key]; ok {
 			continue

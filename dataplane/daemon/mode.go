@@ -21,11 +21,11 @@ const (
 	// ModeEBPF: socket and tc programs (the default).
 	ModeEBPF = "ebpf"
 	// ModeIPTables: kube-proxy-style nat rules, for comparison. The pod and node tc programs
-	// stay off so every packet crosses the stack and its netfilter, as with Cilium's legacy
-	// host routing beside kube-proxy.
+	// are policy-only ones that neither translate nor redirect, so every packet crosses the
+	// stack and its netfilter, as with Cilium's legacy host routing beside kube-proxy.
 	ModeIPTables = "iptables"
-	// ModeNone: Services are an external kube-proxy's; the daemon keeps routing and
-	// masquerade.
+	// ModeNone: Services are an external kube-proxy's; the daemon keeps routing, masquerade
+	// and NetworkPolicy (policy-only programs, as in ModeIPTables).
 	ModeNone = "none"
 )
 

@@ -216,6 +216,13 @@ func (p packet) bytes() []byte {
 		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
 		copy(l4[8:], p.payload)
 		binary.BigEndian.PutUint16(l4[6:], fold(csum(pseudoSum(p.src.Addr(), p.dst.Addr(), 17, len(l4)), l4)))
+	case SCTP:
+		// Common header only (ports, verification tag, CRC32c left zero): the programs
+		// read the ports and nothing else.
+		l4 = make([]byte, 12+len(p.payload))
+		binary.BigEndian.PutUint16(l4[0:], p.src.Port())
+		binary.BigEndian.PutUint16(l4[2:], p.dst.Port())
+		copy(l4[12:], p.payload)
 	}
 	ip := make([]byte, 20)
 	ip[0] = 0x45

@@ -44,6 +44,17 @@ type Config struct {
 	Connections     int
 	AffinityEntries int
 
+	// NetworkPolicy map sizes; zero takes the Default* values. PolicyIDs bounds the policies
+	// that get per-policy counters. Policy connection tracking is sized by Connections.
+	PolicyEndpoints, PolicyRules, PolicyPorts, PolicyIDs int
+	// PolicyOnly loads the pod and node programs for NetworkPolicy alone, for nodes whose
+	// Services are iptables' or kube-proxy's: no translation, no routing, and the verdicts
+	// taken where the stack's DNAT is done. Their pinned links are named policy-pod-* and
+	// policy-node-*, apart from the eBPF mode's.
+	PolicyOnly bool
+	// PolicyEventsPerSec limits the drop events each CPU emits; zero means 100, negative none.
+	PolicyEventsPerSec int
+
 	// MaglevSeed must be the same on every node of a cluster so that source-hash sends a
 	// client to the same backend whichever node it reaches.
 	MaglevSeed uint32
@@ -94,6 +105,13 @@ func (c *Config) setDefaults() {
 	def(&c.BackendEntries, DefaultBackendEntries)
 	def(&c.Connections, DefaultConnections)
 	def(&c.AffinityEntries, DefaultAffinityEntries)
+	def(&c.PolicyEndpoints, DefaultPolicyEndpoints)
+	def(&c.PolicyRules, DefaultPolicyRules)
+	def(&c.PolicyPorts, DefaultPolicyPorts)
+	def(&c.PolicyIDs, DefaultPolicyIDs)
+	if c.PolicyEventsPerSec == 0 {
+		c.PolicyEventsPerSec = 100
+	}
 	defDur := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
 			*v = d
@@ -166,6 +184,9 @@ type Datapath struct {
 	byID     map[uint32]*backendState
 	svcIDs   idAllocator
 	beIDs    idAllocator
+
+	pol      policyMaps
+	polNames *ebpf.Map
 
 	writes atomic.Uint64
 }
@@ -246,6 +267,10 @@ func Load(cfg Config) (_ *Datapath, err error) {
 		return nil, fmt.Errorf("load tc node programs: %w", err)
 	}
 
+	if d.polNames, err = openPolicyNames(cfg.PinDir, cfg.PolicyIDs); err != nil {
+		return nil, err
+	}
+
 	if err := d.restore(); err != nil {
 		return nil, fmt.Errorf("read pinned services: %w", err)
 	}
@@ -269,6 +294,11 @@ func (c *Config) apply(spec *ebpf.CollectionSpec) error {
 		sockMapSockRevnat4:  c.Connections,
 		sockMapSockBackend:  c.Connections,
 		sockMapAffinity4:    c.AffinityEntries,
+		sockMapPolicyEps:    c.PolicyEndpoints,
+		sockMapPolicyRules:  c.PolicyRules,
+		sockMapPolicyPorts:  c.PolicyPorts,
+		sockMapPolicyCounts: 2 * c.PolicyIDs,
+		sockMapPolicyCt4:    2 * c.Connections,
 	}
 	for name, n := range sizes {
 		m, ok := spec.Maps[name]
@@ -290,24 +320,30 @@ func (c *Config) apply(spec *ebpf.CollectionSpec) error {
 	if c.Masquerade && c.ClusterCIDR.IsValid() {
 		masq = 1
 	}
+	var policyOnly uint8
+	if c.PolicyOnly {
+		policyOnly = 1
+	}
 	clusterAddr, clusterMask := prefixU32(c.ClusterCIDR)
 	svcAddr, svcMask := prefixU32(c.ServiceCIDR)
 	consts := map[string]any{
-		sockVarCtTimeoutTcpNs:   uint64(c.TCPTimeout.Nanoseconds()),
-		sockVarCtTimeoutCloseNs: uint64(c.TCPCloseTimeout.Nanoseconds()),
-		sockVarCtTimeoutUdpNs:   uint64(c.UDPTimeout.Nanoseconds()),
-		sockVarLbHashSeed:       c.MaglevSeed,
-		sockVarSnatFallbackAddr: snat,
-		sockVarSnatPortMin:      c.SNATPortMin,
-		sockVarSnatPortMax:      c.SNATPortMax,
-		sockVarRoutingMode:      mode,
-		sockVarTunnelIfindex:    uint32(c.VXLANIfindex),
-		sockVarTunnelVni:        c.VNI,
-		sockVarMasquerade:       masq,
-		sockVarClusterCidrAddr:  clusterAddr,
-		sockVarClusterCidrMask:  clusterMask,
-		sockVarServiceCidrAddr:  svcAddr,
-		sockVarServiceCidrMask:  svcMask,
+		sockVarCtTimeoutTcpNs:     uint64(c.TCPTimeout.Nanoseconds()),
+		sockVarCtTimeoutCloseNs:   uint64(c.TCPCloseTimeout.Nanoseconds()),
+		sockVarCtTimeoutUdpNs:     uint64(c.UDPTimeout.Nanoseconds()),
+		sockVarLbHashSeed:         c.MaglevSeed,
+		sockVarSnatFallbackAddr:   snat,
+		sockVarSnatPortMin:        c.SNATPortMin,
+		sockVarSnatPortMax:        c.SNATPortMax,
+		sockVarRoutingMode:        mode,
+		sockVarTunnelIfindex:      uint32(c.VXLANIfindex),
+		sockVarTunnelVni:          c.VNI,
+		sockVarMasquerade:         masq,
+		sockVarClusterCidrAddr:    clusterAddr,
+		sockVarClusterCidrMask:    clusterMask,
+		sockVarServiceCidrAddr:    svcAddr,
+		sockVarServiceCidrMask:    svcMask,
+		sockVarPolicyEventsPerSec: uint32(max(c.PolicyEventsPerSec, 0)),
+		sockVarPolicyOnly:         policyOnly,
 	}
 	for name, v := range consts {
 		vs, ok := spec.Variables[name]
@@ -365,7 +401,11 @@ func (d *Datapath) Programs() Programs {
 // Close releases the programs and map handles. Pinned maps, and programs still attached
 // through links, stay in the kernel.
 func (d *Datapath) Close() error {
-	return errors.Join(d.sock.Close(), d.tcPod.Close(), d.tcNode.Close())
+	errs := []error{d.sock.Close(), d.tcPod.Close(), d.tcNode.Close()}
+	if d.polNames != nil {
+		errs = append(errs, d.polNames.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // addrU32 returns an IPv4 address as the uint32 whose memory holds it in network order, the

@@ -66,18 +66,26 @@ func (d *Datapath) AttachSocketLBPinned(cgroupPath string) (*Attachment, error) 
 // on restart like AttachSocketLBPinned's.
 func (d *Datapath) AttachNodePinned(ifindex int) (*Attachment, error) {
 	p := d.Programs()
-	return d.attachPinned(tcxPinned("node", ifindex, p.NodeIngress, p.NodeEgress))
+	return d.attachPinned(tcxPinned(d.kind("node"), ifindex, p.NodeIngress, p.NodeEgress))
 }
 
 // AttachPodPinned is AttachPod with the links pinned under the pin directory.
 func (d *Datapath) AttachPodPinned(ifindex int) (*Attachment, error) {
 	p := d.Programs()
-	return d.attachPinned(tcxPinned("pod", ifindex, p.PodIngress, p.PodEgress))
+	return d.attachPinned(tcxPinned(d.kind("pod"), ifindex, p.PodIngress, p.PodEgress))
 }
 
 // AttachTunnelPinned is AttachTunnel with the link pinned under the pin directory.
 func (d *Datapath) AttachTunnelPinned(ifindex int) (*Attachment, error) {
 	return d.attachPinned(tcxPinned("tunnel", ifindex, d.tcNode.TcTunnelIngress, d.tcNode.TcTunnelEgress))
+}
+
+// kind names a pinned link so policy-only programs are told apart from the eBPF mode's.
+func (d *Datapath) kind(k string) string {
+	if d.cfg.PolicyOnly {
+		return "policy-" + k
+	}
+	return k
 }
 
 // tcxPinned makes the pinned links of a device; a nil program is not attached.

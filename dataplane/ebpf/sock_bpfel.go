@@ -76,6 +76,59 @@ type sockLpm4Key struct {
 	Addr      uint32
 }
 
+type sockPctKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type sockPctVal struct {
+	_       structs.HostLayout
+	Expires uint64
+	Flags   uint32
+	Rev     uint32
+}
+
+type sockPolEp struct {
+	_     structs.HostLayout
+	Flags uint32
+	Pad   uint32
+}
+
+type sockPolKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ep        uint32
+	Dir       uint8
+	Pad       [3]uint8
+	Peer      uint32
+}
+
+type sockPolPortKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	PortsId   uint32
+	Proto     uint8
+	Pad       uint8
+	Port      uint16
+}
+
+type sockPolRl struct {
+	_      structs.HostLayout
+	Window uint64
+	Sent   uint64
+}
+
+type sockPolVal struct {
+	_        structs.HostLayout
+	PortsId  uint32
+	PolicyId uint32
+}
+
 type sockSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
@@ -120,40 +173,51 @@ type sockSvcVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockMapAffinity4         = "affinity4"
-	sockMapBackendConns      = "backend_conns"
-	sockMapBackends          = "backends"
-	sockMapCt4               = "ct4"
-	sockMapEndpoints         = "endpoints"
-	sockMapMaglevTables      = "maglev_tables"
-	sockMapNodeAddrs         = "node_addrs"
-	sockMapRrState           = "rr_state"
-	sockMapServices          = "services"
-	sockMapSockBackend       = "sock_backend"
-	sockMapSockRevnat4       = "sock_revnat4"
-	sockMapStats             = "stats"
-	sockMapSvcSlots          = "svc_slots"
-	sockMapTunnelRoutes      = "tunnel_routes"
-	sockProgSockConnect4     = "sock_connect4"
-	sockProgSockGetpeername4 = "sock_getpeername4"
-	sockProgSockRecvmsg4     = "sock_recvmsg4"
-	sockProgSockRelease      = "sock_release"
-	sockProgSockSendmsg4     = "sock_sendmsg4"
-	sockVarClusterCidrAddr   = "cluster_cidr_addr"
-	sockVarClusterCidrMask   = "cluster_cidr_mask"
-	sockVarCtTimeoutCloseNs  = "ct_timeout_close_ns"
-	sockVarCtTimeoutTcpNs    = "ct_timeout_tcp_ns"
-	sockVarCtTimeoutUdpNs    = "ct_timeout_udp_ns"
-	sockVarLbHashSeed        = "lb_hash_seed"
-	sockVarMasquerade        = "masquerade"
-	sockVarRoutingMode       = "routing_mode"
-	sockVarServiceCidrAddr   = "service_cidr_addr"
-	sockVarServiceCidrMask   = "service_cidr_mask"
-	sockVarSnatFallbackAddr  = "snat_fallback_addr"
-	sockVarSnatPortMax       = "snat_port_max"
-	sockVarSnatPortMin       = "snat_port_min"
-	sockVarTunnelIfindex     = "tunnel_ifindex"
-	sockVarTunnelVni         = "tunnel_vni"
+	sockMapAffinity4          = "affinity4"
+	sockMapBackendConns       = "backend_conns"
+	sockMapBackends           = "backends"
+	sockMapCt4                = "ct4"
+	sockMapEndpoints          = "endpoints"
+	sockMapMaglevTables       = "maglev_tables"
+	sockMapNodeAddrs          = "node_addrs"
+	sockMapPolicyCounts       = "policy_counts"
+	sockMapPolicyCt4          = "policy_ct4"
+	sockMapPolicyEps          = "policy_eps"
+	sockMapPolicyEventRl      = "policy_event_rl"
+	sockMapPolicyEvents       = "policy_events"
+	sockMapPolicyPorts        = "policy_ports"
+	sockMapPolicyRev          = "policy_rev"
+	sockMapPolicyRules        = "policy_rules"
+	sockMapPolicyStats        = "policy_stats"
+	sockMapRrState            = "rr_state"
+	sockMapServices           = "services"
+	sockMapSockBackend        = "sock_backend"
+	sockMapSockRevnat4        = "sock_revnat4"
+	sockMapStats              = "stats"
+	sockMapSvcSlots           = "svc_slots"
+	sockMapTunnelRoutes       = "tunnel_routes"
+	sockProgSockConnect4      = "sock_connect4"
+	sockProgSockGetpeername4  = "sock_getpeername4"
+	sockProgSockRecvmsg4      = "sock_recvmsg4"
+	sockProgSockRelease       = "sock_release"
+	sockProgSockSendmsg4      = "sock_sendmsg4"
+	sockVarClusterCidrAddr    = "cluster_cidr_addr"
+	sockVarClusterCidrMask    = "cluster_cidr_mask"
+	sockVarCtTimeoutCloseNs   = "ct_timeout_close_ns"
+	sockVarCtTimeoutTcpNs     = "ct_timeout_tcp_ns"
+	sockVarCtTimeoutUdpNs     = "ct_timeout_udp_ns"
+	sockVarLbHashSeed         = "lb_hash_seed"
+	sockVarMasquerade         = "masquerade"
+	sockVarPolicyEventsPerSec = "policy_events_per_sec"
+	sockVarPolicyOnly         = "policy_only"
+	sockVarRoutingMode        = "routing_mode"
+	sockVarServiceCidrAddr    = "service_cidr_addr"
+	sockVarServiceCidrMask    = "service_cidr_mask"
+	sockVarSnatFallbackAddr   = "snat_fallback_addr"
+	sockVarSnatPortMax        = "snat_port_max"
+	sockVarSnatPortMin        = "snat_port_min"
+	sockVarTunnelIfindex      = "tunnel_ifindex"
+	sockVarTunnelVni          = "tunnel_vni"
 )
 
 // loadSock returns the embedded CollectionSpec for sock.
@@ -209,41 +273,52 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
-	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	RrState      *ebpf.MapSpec `ebpf:"rr_state"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	SockBackend  *ebpf.MapSpec `ebpf:"sock_backend"`
-	SockRevnat4  *ebpf.MapSpec `ebpf:"sock_revnat4"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TunnelRoutes *ebpf.MapSpec `ebpf:"tunnel_routes"`
+	Affinity4     *ebpf.MapSpec `ebpf:"affinity4"`
+	BackendConns  *ebpf.MapSpec `ebpf:"backend_conns"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
+	PolicyCt4     *ebpf.MapSpec `ebpf:"policy_ct4"`
+	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
+	PolicyEventRl *ebpf.MapSpec `ebpf:"policy_event_rl"`
+	PolicyEvents  *ebpf.MapSpec `ebpf:"policy_events"`
+	PolicyPorts   *ebpf.MapSpec `ebpf:"policy_ports"`
+	PolicyRev     *ebpf.MapSpec `ebpf:"policy_rev"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
+	PolicyStats   *ebpf.MapSpec `ebpf:"policy_stats"`
+	RrState       *ebpf.MapSpec `ebpf:"rr_state"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	SockBackend   *ebpf.MapSpec `ebpf:"sock_backend"`
+	SockRevnat4   *ebpf.MapSpec `ebpf:"sock_revnat4"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TunnelRoutes  *ebpf.MapSpec `ebpf:"tunnel_routes"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockVariableSpecs struct {
-	ClusterCidrAddr  *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
-	ClusterCidrMask  *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
-	CtTimeoutCloseNs *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutTcpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
-	LbHashSeed       *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
-	Masquerade       *ebpf.VariableSpec `ebpf:"masquerade"`
-	RoutingMode      *ebpf.VariableSpec `ebpf:"routing_mode"`
-	ServiceCidrAddr  *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
-	ServiceCidrMask  *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
-	SnatFallbackAddr *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
-	SnatPortMax      *ebpf.VariableSpec `ebpf:"snat_port_max"`
-	SnatPortMin      *ebpf.VariableSpec `ebpf:"snat_port_min"`
-	TunnelIfindex    *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
-	TunnelVni        *ebpf.VariableSpec `ebpf:"tunnel_vni"`
+	ClusterCidrAddr    *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask    *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
+	CtTimeoutCloseNs   *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutTcpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
+	LbHashSeed         *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	Masquerade         *ebpf.VariableSpec `ebpf:"masquerade"`
+	PolicyEventsPerSec *ebpf.VariableSpec `ebpf:"policy_events_per_sec"`
+	PolicyOnly         *ebpf.VariableSpec `ebpf:"policy_only"`
+	RoutingMode        *ebpf.VariableSpec `ebpf:"routing_mode"`
+	ServiceCidrAddr    *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
+	ServiceCidrMask    *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
+	SnatFallbackAddr   *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
+	SnatPortMax        *ebpf.VariableSpec `ebpf:"snat_port_max"`
+	SnatPortMin        *ebpf.VariableSpec `ebpf:"snat_port_min"`
+	TunnelIfindex      *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
+	TunnelVni          *ebpf.VariableSpec `ebpf:"tunnel_vni"`
 }
 
 // sockObjects contains all objects after they have been loaded into the kernel.
@@ -266,20 +341,29 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	Affinity4    *ebpf.Map `ebpf:"affinity4"`
-	BackendConns *ebpf.Map `ebpf:"backend_conns"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Ct4          *ebpf.Map `ebpf:"ct4"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	RrState      *ebpf.Map `ebpf:"rr_state"`
-	Services     *ebpf.Map `ebpf:"services"`
-	SockBackend  *ebpf.Map `ebpf:"sock_backend"`
-	SockRevnat4  *ebpf.Map `ebpf:"sock_revnat4"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TunnelRoutes *ebpf.Map `ebpf:"tunnel_routes"`
+	Affinity4     *ebpf.Map `ebpf:"affinity4"`
+	BackendConns  *ebpf.Map `ebpf:"backend_conns"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Ct4           *ebpf.Map `ebpf:"ct4"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
+	PolicyCt4     *ebpf.Map `ebpf:"policy_ct4"`
+	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
+	PolicyEventRl *ebpf.Map `ebpf:"policy_event_rl"`
+	PolicyEvents  *ebpf.Map `ebpf:"policy_events"`
+	PolicyPorts   *ebpf.Map `ebpf:"policy_ports"`
+	PolicyRev     *ebpf.Map `ebpf:"policy_rev"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
+	PolicyStats   *ebpf.Map `ebpf:"policy_stats"`
+	RrState       *ebpf.Map `ebpf:"rr_state"`
+	Services      *ebpf.Map `ebpf:"services"`
+	SockBackend   *ebpf.Map `ebpf:"sock_backend"`
+	SockRevnat4   *ebpf.Map `ebpf:"sock_revnat4"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TunnelRoutes  *ebpf.Map `ebpf:"tunnel_routes"`
 }
 
 func (m *sockMaps) Close() error {
@@ -291,6 +375,15 @@ func (m *sockMaps) Close() error {
 		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
+		m.PolicyCounts,
+		m.PolicyCt4,
+		m.PolicyEps,
+		m.PolicyEventRl,
+		m.PolicyEvents,
+		m.PolicyPorts,
+		m.PolicyRev,
+		m.PolicyRules,
+		m.PolicyStats,
 		m.RrState,
 		m.Services,
 		m.SockBackend,
@@ -305,21 +398,23 @@ func (m *sockMaps) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockVariables struct {
-	ClusterCidrAddr  *ebpf.Variable `ebpf:"cluster_cidr_addr"`
-	ClusterCidrMask  *ebpf.Variable `ebpf:"cluster_cidr_mask"`
-	CtTimeoutCloseNs *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutTcpNs   *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs   *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
-	LbHashSeed       *ebpf.Variable `ebpf:"lb_hash_seed"`
-	Masquerade       *ebpf.Variable `ebpf:"masquerade"`
-	RoutingMode      *ebpf.Variable `ebpf:"routing_mode"`
-	ServiceCidrAddr  *ebpf.Variable `ebpf:"service_cidr_addr"`
-	ServiceCidrMask  *ebpf.Variable `ebpf:"service_cidr_mask"`
-	SnatFallbackAddr *ebpf.Variable `ebpf:"snat_fallback_addr"`
-	SnatPortMax      *ebpf.Variable `ebpf:"snat_port_max"`
-	SnatPortMin      *ebpf.Variable `ebpf:"snat_port_min"`
-	TunnelIfindex    *ebpf.Variable `ebpf:"tunnel_ifindex"`
-	TunnelVni        *ebpf.Variable `ebpf:"tunnel_vni"`
+	ClusterCidrAddr    *ebpf.Variable `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask    *ebpf.Variable `ebpf:"cluster_cidr_mask"`
+	CtTimeoutCloseNs   *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutTcpNs     *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs     *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
+	LbHashSeed         *ebpf.Variable `ebpf:"lb_hash_seed"`
+	Masquerade         *ebpf.Variable `ebpf:"masquerade"`
+	PolicyEventsPerSec *ebpf.Variable `ebpf:"policy_events_per_sec"`
+	PolicyOnly         *ebpf.Variable `ebpf:"policy_only"`
+	RoutingMode        *ebpf.Variable `ebpf:"routing_mode"`
+	ServiceCidrAddr    *ebpf.Variable `ebpf:"service_cidr_addr"`
+	ServiceCidrMask    *ebpf.Variable `ebpf:"service_cidr_mask"`
+	SnatFallbackAddr   *ebpf.Variable `ebpf:"snat_fallback_addr"`
+	SnatPortMax        *ebpf.Variable `ebpf:"snat_port_max"`
+	SnatPortMin        *ebpf.Variable `ebpf:"snat_port_min"`
+	TunnelIfindex      *ebpf.Variable `ebpf:"tunnel_ifindex"`
+	TunnelVni          *ebpf.Variable `ebpf:"tunnel_vni"`
 }
 
 // sockPrograms contains all programs after they have been loaded into the kernel.

@@ -16,39 +16,50 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcNodeMapAffinity4        = "affinity4"
-	tcNodeMapBackendConns     = "backend_conns"
-	tcNodeMapBackends         = "backends"
-	tcNodeMapCt4              = "ct4"
-	tcNodeMapEndpoints        = "endpoints"
-	tcNodeMapMaglevTables     = "maglev_tables"
-	tcNodeMapNodeAddrs        = "node_addrs"
-	tcNodeMapRrState          = "rr_state"
-	tcNodeMapServices         = "services"
-	tcNodeMapSockBackend      = "sock_backend"
-	tcNodeMapSockRevnat4      = "sock_revnat4"
-	tcNodeMapStats            = "stats"
-	tcNodeMapSvcSlots         = "svc_slots"
-	tcNodeMapTunnelRoutes     = "tunnel_routes"
-	tcNodeProgTcNodeEgress    = "tc_node_egress"
-	tcNodeProgTcNodeIngress   = "tc_node_ingress"
-	tcNodeProgTcTunnelEgress  = "tc_tunnel_egress"
-	tcNodeProgTcTunnelIngress = "tc_tunnel_ingress"
-	tcNodeVarClusterCidrAddr  = "cluster_cidr_addr"
-	tcNodeVarClusterCidrMask  = "cluster_cidr_mask"
-	tcNodeVarCtTimeoutCloseNs = "ct_timeout_close_ns"
-	tcNodeVarCtTimeoutTcpNs   = "ct_timeout_tcp_ns"
-	tcNodeVarCtTimeoutUdpNs   = "ct_timeout_udp_ns"
-	tcNodeVarLbHashSeed       = "lb_hash_seed"
-	tcNodeVarMasquerade       = "masquerade"
-	tcNodeVarRoutingMode      = "routing_mode"
-	tcNodeVarServiceCidrAddr  = "service_cidr_addr"
-	tcNodeVarServiceCidrMask  = "service_cidr_mask"
-	tcNodeVarSnatFallbackAddr = "snat_fallback_addr"
-	tcNodeVarSnatPortMax      = "snat_port_max"
-	tcNodeVarSnatPortMin      = "snat_port_min"
-	tcNodeVarTunnelIfindex    = "tunnel_ifindex"
-	tcNodeVarTunnelVni        = "tunnel_vni"
+	tcNodeMapAffinity4          = "affinity4"
+	tcNodeMapBackendConns       = "backend_conns"
+	tcNodeMapBackends           = "backends"
+	tcNodeMapCt4                = "ct4"
+	tcNodeMapEndpoints          = "endpoints"
+	tcNodeMapMaglevTables       = "maglev_tables"
+	tcNodeMapNodeAddrs          = "node_addrs"
+	tcNodeMapPolicyCounts       = "policy_counts"
+	tcNodeMapPolicyCt4          = "policy_ct4"
+	tcNodeMapPolicyEps          = "policy_eps"
+	tcNodeMapPolicyEventRl      = "policy_event_rl"
+	tcNodeMapPolicyEvents       = "policy_events"
+	tcNodeMapPolicyPorts        = "policy_ports"
+	tcNodeMapPolicyRev          = "policy_rev"
+	tcNodeMapPolicyRules        = "policy_rules"
+	tcNodeMapPolicyStats        = "policy_stats"
+	tcNodeMapRrState            = "rr_state"
+	tcNodeMapServices           = "services"
+	tcNodeMapSockBackend        = "sock_backend"
+	tcNodeMapSockRevnat4        = "sock_revnat4"
+	tcNodeMapStats              = "stats"
+	tcNodeMapSvcSlots           = "svc_slots"
+	tcNodeMapTunnelRoutes       = "tunnel_routes"
+	tcNodeProgTcNodeEgress      = "tc_node_egress"
+	tcNodeProgTcNodeIngress     = "tc_node_ingress"
+	tcNodeProgTcTunnelEgress    = "tc_tunnel_egress"
+	tcNodeProgTcTunnelIngress   = "tc_tunnel_ingress"
+	tcNodeVarClusterCidrAddr    = "cluster_cidr_addr"
+	tcNodeVarClusterCidrMask    = "cluster_cidr_mask"
+	tcNodeVarCtTimeoutCloseNs   = "ct_timeout_close_ns"
+	tcNodeVarCtTimeoutTcpNs     = "ct_timeout_tcp_ns"
+	tcNodeVarCtTimeoutUdpNs     = "ct_timeout_udp_ns"
+	tcNodeVarLbHashSeed         = "lb_hash_seed"
+	tcNodeVarMasquerade         = "masquerade"
+	tcNodeVarPolicyEventsPerSec = "policy_events_per_sec"
+	tcNodeVarPolicyOnly         = "policy_only"
+	tcNodeVarRoutingMode        = "routing_mode"
+	tcNodeVarServiceCidrAddr    = "service_cidr_addr"
+	tcNodeVarServiceCidrMask    = "service_cidr_mask"
+	tcNodeVarSnatFallbackAddr   = "snat_fallback_addr"
+	tcNodeVarSnatPortMax        = "snat_port_max"
+	tcNodeVarSnatPortMin        = "snat_port_min"
+	tcNodeVarTunnelIfindex      = "tunnel_ifindex"
+	tcNodeVarTunnelVni          = "tunnel_vni"
 )
 
 // loadTcNode returns the embedded CollectionSpec for tcNode.
@@ -103,41 +114,52 @@ type tcNodeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcNodeMapSpecs struct {
-	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
-	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	RrState      *ebpf.MapSpec `ebpf:"rr_state"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	SockBackend  *ebpf.MapSpec `ebpf:"sock_backend"`
-	SockRevnat4  *ebpf.MapSpec `ebpf:"sock_revnat4"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TunnelRoutes *ebpf.MapSpec `ebpf:"tunnel_routes"`
+	Affinity4     *ebpf.MapSpec `ebpf:"affinity4"`
+	BackendConns  *ebpf.MapSpec `ebpf:"backend_conns"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
+	PolicyCt4     *ebpf.MapSpec `ebpf:"policy_ct4"`
+	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
+	PolicyEventRl *ebpf.MapSpec `ebpf:"policy_event_rl"`
+	PolicyEvents  *ebpf.MapSpec `ebpf:"policy_events"`
+	PolicyPorts   *ebpf.MapSpec `ebpf:"policy_ports"`
+	PolicyRev     *ebpf.MapSpec `ebpf:"policy_rev"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
+	PolicyStats   *ebpf.MapSpec `ebpf:"policy_stats"`
+	RrState       *ebpf.MapSpec `ebpf:"rr_state"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	SockBackend   *ebpf.MapSpec `ebpf:"sock_backend"`
+	SockRevnat4   *ebpf.MapSpec `ebpf:"sock_revnat4"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TunnelRoutes  *ebpf.MapSpec `ebpf:"tunnel_routes"`
 }
 
 // tcNodeVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcNodeVariableSpecs struct {
-	ClusterCidrAddr  *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
-	ClusterCidrMask  *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
-	CtTimeoutCloseNs *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutTcpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
-	LbHashSeed       *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
-	Masquerade       *ebpf.VariableSpec `ebpf:"masquerade"`
-	RoutingMode      *ebpf.VariableSpec `ebpf:"routing_mode"`
-	ServiceCidrAddr  *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
-	ServiceCidrMask  *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
-	SnatFallbackAddr *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
-	SnatPortMax      *ebpf.VariableSpec `ebpf:"snat_port_max"`
-	SnatPortMin      *ebpf.VariableSpec `ebpf:"snat_port_min"`
-	TunnelIfindex    *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
-	TunnelVni        *ebpf.VariableSpec `ebpf:"tunnel_vni"`
+	ClusterCidrAddr    *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask    *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
+	CtTimeoutCloseNs   *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutTcpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
+	LbHashSeed         *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	Masquerade         *ebpf.VariableSpec `ebpf:"masquerade"`
+	PolicyEventsPerSec *ebpf.VariableSpec `ebpf:"policy_events_per_sec"`
+	PolicyOnly         *ebpf.VariableSpec `ebpf:"policy_only"`
+	RoutingMode        *ebpf.VariableSpec `ebpf:"routing_mode"`
+	ServiceCidrAddr    *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
+	ServiceCidrMask    *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
+	SnatFallbackAddr   *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
+	SnatPortMax        *ebpf.VariableSpec `ebpf:"snat_port_max"`
+	SnatPortMin        *ebpf.VariableSpec `ebpf:"snat_port_min"`
+	TunnelIfindex      *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
+	TunnelVni          *ebpf.VariableSpec `ebpf:"tunnel_vni"`
 }
 
 // tcNodeObjects contains all objects after they have been loaded into the kernel.
@@ -160,20 +182,29 @@ func (o *tcNodeObjects) Close() error {
 //
 // It can be passed to loadTcNodeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcNodeMaps struct {
-	Affinity4    *ebpf.Map `ebpf:"affinity4"`
-	BackendConns *ebpf.Map `ebpf:"backend_conns"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Ct4          *ebpf.Map `ebpf:"ct4"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	RrState      *ebpf.Map `ebpf:"rr_state"`
-	Services     *ebpf.Map `ebpf:"services"`
-	SockBackend  *ebpf.Map `ebpf:"sock_backend"`
-	SockRevnat4  *ebpf.Map `ebpf:"sock_revnat4"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TunnelRoutes *ebpf.Map `ebpf:"tunnel_routes"`
+	Affinity4     *ebpf.Map `ebpf:"affinity4"`
+	BackendConns  *ebpf.Map `ebpf:"backend_conns"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Ct4           *ebpf.Map `ebpf:"ct4"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
+	PolicyCt4     *ebpf.Map `ebpf:"policy_ct4"`
+	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
+	PolicyEventRl *ebpf.Map `ebpf:"policy_event_rl"`
+	PolicyEvents  *ebpf.Map `ebpf:"policy_events"`
+	PolicyPorts   *ebpf.Map `ebpf:"policy_ports"`
+	PolicyRev     *ebpf.Map `ebpf:"policy_rev"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
+	PolicyStats   *ebpf.Map `ebpf:"policy_stats"`
+	RrState       *ebpf.Map `ebpf:"rr_state"`
+	Services      *ebpf.Map `ebpf:"services"`
+	SockBackend   *ebpf.Map `ebpf:"sock_backend"`
+	SockRevnat4   *ebpf.Map `ebpf:"sock_revnat4"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TunnelRoutes  *ebpf.Map `ebpf:"tunnel_routes"`
 }
 
 func (m *tcNodeMaps) Close() error {
@@ -185,6 +216,15 @@ func (m *tcNodeMaps) Close() error {
 		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
+		m.PolicyCounts,
+		m.PolicyCt4,
+		m.PolicyEps,
+		m.PolicyEventRl,
+		m.PolicyEvents,
+		m.PolicyPorts,
+		m.PolicyRev,
+		m.PolicyRules,
+		m.PolicyStats,
 		m.RrState,
 		m.Services,
 		m.SockBackend,
@@ -199,21 +239,23 @@ func (m *tcNodeMaps) Close() error {
 //
 // It can be passed to loadTcNodeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcNodeVariables struct {
-	ClusterCidrAddr  *ebpf.Variable `ebpf:"cluster_cidr_addr"`
-	ClusterCidrMask  *ebpf.Variable `ebpf:"cluster_cidr_mask"`
-	CtTimeoutCloseNs *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutTcpNs   *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs   *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
-	LbHashSeed       *ebpf.Variable `ebpf:"lb_hash_seed"`
-	Masquerade       *ebpf.Variable `ebpf:"masquerade"`
-	RoutingMode      *ebpf.Variable `ebpf:"routing_mode"`
-	ServiceCidrAddr  *ebpf.Variable `ebpf:"service_cidr_addr"`
-	ServiceCidrMask  *ebpf.Variable `ebpf:"service_cidr_mask"`
-	SnatFallbackAddr *ebpf.Variable `ebpf:"snat_fallback_addr"`
-	SnatPortMax      *ebpf.Variable `ebpf:"snat_port_max"`
-	SnatPortMin      *ebpf.Variable `ebpf:"snat_port_min"`
-	TunnelIfindex    *ebpf.Variable `ebpf:"tunnel_ifindex"`
-	TunnelVni        *ebpf.Variable `ebpf:"tunnel_vni"`
+	ClusterCidrAddr    *ebpf.Variable `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask    *ebpf.Variable `ebpf:"cluster_cidr_mask"`
+	CtTimeoutCloseNs   *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutTcpNs     *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs     *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
+	LbHashSeed         *ebpf.Variable `ebpf:"lb_hash_seed"`
+	Masquerade         *ebpf.Variable `ebpf:"masquerade"`
+	PolicyEventsPerSec *ebpf.Variable `ebpf:"policy_events_per_sec"`
+	PolicyOnly         *ebpf.Variable `ebpf:"policy_only"`
+	RoutingMode        *ebpf.Variable `ebpf:"routing_mode"`
+	ServiceCidrAddr    *ebpf.Variable `ebpf:"service_cidr_addr"`
+	ServiceCidrMask    *ebpf.Variable `ebpf:"service_cidr_mask"`
+	SnatFallbackAddr   *ebpf.Variable `ebpf:"snat_fallback_addr"`
+	SnatPortMax        *ebpf.Variable `ebpf:"snat_port_max"`
+	SnatPortMin        *ebpf.Variable `ebpf:"snat_port_min"`
+	TunnelIfindex      *ebpf.Variable `ebpf:"tunnel_ifindex"`
+	TunnelVni          *ebpf.Variable `ebpf:"tunnel_vni"`
 }
 
 // tcNodePrograms contains all programs after they have been loaded into the kernel.

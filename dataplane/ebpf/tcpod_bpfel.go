@@ -16,37 +16,48 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcPodMapAffinity4        = "affinity4"
-	tcPodMapBackendConns     = "backend_conns"
-	tcPodMapBackends         = "backends"
-	tcPodMapCt4              = "ct4"
-	tcPodMapEndpoints        = "endpoints"
-	tcPodMapMaglevTables     = "maglev_tables"
-	tcPodMapNodeAddrs        = "node_addrs"
-	tcPodMapRrState          = "rr_state"
-	tcPodMapServices         = "services"
-	tcPodMapSockBackend      = "sock_backend"
-	tcPodMapSockRevnat4      = "sock_revnat4"
-	tcPodMapStats            = "stats"
-	tcPodMapSvcSlots         = "svc_slots"
-	tcPodMapTunnelRoutes     = "tunnel_routes"
-	tcPodProgTcPodEgress     = "tc_pod_egress"
-	tcPodProgTcPodIngress    = "tc_pod_ingress"
-	tcPodVarClusterCidrAddr  = "cluster_cidr_addr"
-	tcPodVarClusterCidrMask  = "cluster_cidr_mask"
-	tcPodVarCtTimeoutCloseNs = "ct_timeout_close_ns"
-	tcPodVarCtTimeoutTcpNs   = "ct_timeout_tcp_ns"
-	tcPodVarCtTimeoutUdpNs   = "ct_timeout_udp_ns"
-	tcPodVarLbHashSeed       = "lb_hash_seed"
-	tcPodVarMasquerade       = "masquerade"
-	tcPodVarRoutingMode      = "routing_mode"
-	tcPodVarServiceCidrAddr  = "service_cidr_addr"
-	tcPodVarServiceCidrMask  = "service_cidr_mask"
-	tcPodVarSnatFallbackAddr = "snat_fallback_addr"
-	tcPodVarSnatPortMax      = "snat_port_max"
-	tcPodVarSnatPortMin      = "snat_port_min"
-	tcPodVarTunnelIfindex    = "tunnel_ifindex"
-	tcPodVarTunnelVni        = "tunnel_vni"
+	tcPodMapAffinity4          = "affinity4"
+	tcPodMapBackendConns       = "backend_conns"
+	tcPodMapBackends           = "backends"
+	tcPodMapCt4                = "ct4"
+	tcPodMapEndpoints          = "endpoints"
+	tcPodMapMaglevTables       = "maglev_tables"
+	tcPodMapNodeAddrs          = "node_addrs"
+	tcPodMapPolicyCounts       = "policy_counts"
+	tcPodMapPolicyCt4          = "policy_ct4"
+	tcPodMapPolicyEps          = "policy_eps"
+	tcPodMapPolicyEventRl      = "policy_event_rl"
+	tcPodMapPolicyEvents       = "policy_events"
+	tcPodMapPolicyPorts        = "policy_ports"
+	tcPodMapPolicyRev          = "policy_rev"
+	tcPodMapPolicyRules        = "policy_rules"
+	tcPodMapPolicyStats        = "policy_stats"
+	tcPodMapRrState            = "rr_state"
+	tcPodMapServices           = "services"
+	tcPodMapSockBackend        = "sock_backend"
+	tcPodMapSockRevnat4        = "sock_revnat4"
+	tcPodMapStats              = "stats"
+	tcPodMapSvcSlots           = "svc_slots"
+	tcPodMapTunnelRoutes       = "tunnel_routes"
+	tcPodProgTcPodEgress       = "tc_pod_egress"
+	tcPodProgTcPodIngress      = "tc_pod_ingress"
+	tcPodVarClusterCidrAddr    = "cluster_cidr_addr"
+	tcPodVarClusterCidrMask    = "cluster_cidr_mask"
+	tcPodVarCtTimeoutCloseNs   = "ct_timeout_close_ns"
+	tcPodVarCtTimeoutTcpNs     = "ct_timeout_tcp_ns"
+	tcPodVarCtTimeoutUdpNs     = "ct_timeout_udp_ns"
+	tcPodVarLbHashSeed         = "lb_hash_seed"
+	tcPodVarMasquerade         = "masquerade"
+	tcPodVarPolicyEventsPerSec = "policy_events_per_sec"
+	tcPodVarPolicyOnly         = "policy_only"
+	tcPodVarRoutingMode        = "routing_mode"
+	tcPodVarServiceCidrAddr    = "service_cidr_addr"
+	tcPodVarServiceCidrMask    = "service_cidr_mask"
+	tcPodVarSnatFallbackAddr   = "snat_fallback_addr"
+	tcPodVarSnatPortMax        = "snat_port_max"
+	tcPodVarSnatPortMin        = "snat_port_min"
+	tcPodVarTunnelIfindex      = "tunnel_ifindex"
+	tcPodVarTunnelVni          = "tunnel_vni"
 )
 
 // loadTcPod returns the embedded CollectionSpec for tcPod.
@@ -99,41 +110,52 @@ type tcPodProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcPodMapSpecs struct {
-	Affinity4    *ebpf.MapSpec `ebpf:"affinity4"`
-	BackendConns *ebpf.MapSpec `ebpf:"backend_conns"`
-	Backends     *ebpf.MapSpec `ebpf:"backends"`
-	Ct4          *ebpf.MapSpec `ebpf:"ct4"`
-	Endpoints    *ebpf.MapSpec `ebpf:"endpoints"`
-	MaglevTables *ebpf.MapSpec `ebpf:"maglev_tables"`
-	NodeAddrs    *ebpf.MapSpec `ebpf:"node_addrs"`
-	RrState      *ebpf.MapSpec `ebpf:"rr_state"`
-	Services     *ebpf.MapSpec `ebpf:"services"`
-	SockBackend  *ebpf.MapSpec `ebpf:"sock_backend"`
-	SockRevnat4  *ebpf.MapSpec `ebpf:"sock_revnat4"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
-	SvcSlots     *ebpf.MapSpec `ebpf:"svc_slots"`
-	TunnelRoutes *ebpf.MapSpec `ebpf:"tunnel_routes"`
+	Affinity4     *ebpf.MapSpec `ebpf:"affinity4"`
+	BackendConns  *ebpf.MapSpec `ebpf:"backend_conns"`
+	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
+	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
+	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
+	PolicyCt4     *ebpf.MapSpec `ebpf:"policy_ct4"`
+	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
+	PolicyEventRl *ebpf.MapSpec `ebpf:"policy_event_rl"`
+	PolicyEvents  *ebpf.MapSpec `ebpf:"policy_events"`
+	PolicyPorts   *ebpf.MapSpec `ebpf:"policy_ports"`
+	PolicyRev     *ebpf.MapSpec `ebpf:"policy_rev"`
+	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
+	PolicyStats   *ebpf.MapSpec `ebpf:"policy_stats"`
+	RrState       *ebpf.MapSpec `ebpf:"rr_state"`
+	Services      *ebpf.MapSpec `ebpf:"services"`
+	SockBackend   *ebpf.MapSpec `ebpf:"sock_backend"`
+	SockRevnat4   *ebpf.MapSpec `ebpf:"sock_revnat4"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
+	SvcSlots      *ebpf.MapSpec `ebpf:"svc_slots"`
+	TunnelRoutes  *ebpf.MapSpec `ebpf:"tunnel_routes"`
 }
 
 // tcPodVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcPodVariableSpecs struct {
-	ClusterCidrAddr  *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
-	ClusterCidrMask  *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
-	CtTimeoutCloseNs *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutTcpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs   *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
-	LbHashSeed       *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
-	Masquerade       *ebpf.VariableSpec `ebpf:"masquerade"`
-	RoutingMode      *ebpf.VariableSpec `ebpf:"routing_mode"`
-	ServiceCidrAddr  *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
-	ServiceCidrMask  *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
-	SnatFallbackAddr *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
-	SnatPortMax      *ebpf.VariableSpec `ebpf:"snat_port_max"`
-	SnatPortMin      *ebpf.VariableSpec `ebpf:"snat_port_min"`
-	TunnelIfindex    *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
-	TunnelVni        *ebpf.VariableSpec `ebpf:"tunnel_vni"`
+	ClusterCidrAddr    *ebpf.VariableSpec `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask    *ebpf.VariableSpec `ebpf:"cluster_cidr_mask"`
+	CtTimeoutCloseNs   *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutTcpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs     *ebpf.VariableSpec `ebpf:"ct_timeout_udp_ns"`
+	LbHashSeed         *ebpf.VariableSpec `ebpf:"lb_hash_seed"`
+	Masquerade         *ebpf.VariableSpec `ebpf:"masquerade"`
+	PolicyEventsPerSec *ebpf.VariableSpec `ebpf:"policy_events_per_sec"`
+	PolicyOnly         *ebpf.VariableSpec `ebpf:"policy_only"`
+	RoutingMode        *ebpf.VariableSpec `ebpf:"routing_mode"`
+	ServiceCidrAddr    *ebpf.VariableSpec `ebpf:"service_cidr_addr"`
+	ServiceCidrMask    *ebpf.VariableSpec `ebpf:"service_cidr_mask"`
+	SnatFallbackAddr   *ebpf.VariableSpec `ebpf:"snat_fallback_addr"`
+	SnatPortMax        *ebpf.VariableSpec `ebpf:"snat_port_max"`
+	SnatPortMin        *ebpf.VariableSpec `ebpf:"snat_port_min"`
+	TunnelIfindex      *ebpf.VariableSpec `ebpf:"tunnel_ifindex"`
+	TunnelVni          *ebpf.VariableSpec `ebpf:"tunnel_vni"`
 }
 
 // tcPodObjects contains all objects after they have been loaded into the kernel.
@@ -156,20 +178,29 @@ func (o *tcPodObjects) Close() error {
 //
 // It can be passed to loadTcPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcPodMaps struct {
-	Affinity4    *ebpf.Map `ebpf:"affinity4"`
-	BackendConns *ebpf.Map `ebpf:"backend_conns"`
-	Backends     *ebpf.Map `ebpf:"backends"`
-	Ct4          *ebpf.Map `ebpf:"ct4"`
-	Endpoints    *ebpf.Map `ebpf:"endpoints"`
-	MaglevTables *ebpf.Map `ebpf:"maglev_tables"`
-	NodeAddrs    *ebpf.Map `ebpf:"node_addrs"`
-	RrState      *ebpf.Map `ebpf:"rr_state"`
-	Services     *ebpf.Map `ebpf:"services"`
-	SockBackend  *ebpf.Map `ebpf:"sock_backend"`
-	SockRevnat4  *ebpf.Map `ebpf:"sock_revnat4"`
-	Stats        *ebpf.Map `ebpf:"stats"`
-	SvcSlots     *ebpf.Map `ebpf:"svc_slots"`
-	TunnelRoutes *ebpf.Map `ebpf:"tunnel_routes"`
+	Affinity4     *ebpf.Map `ebpf:"affinity4"`
+	BackendConns  *ebpf.Map `ebpf:"backend_conns"`
+	Backends      *ebpf.Map `ebpf:"backends"`
+	Ct4           *ebpf.Map `ebpf:"ct4"`
+	Endpoints     *ebpf.Map `ebpf:"endpoints"`
+	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
+	PolicyCt4     *ebpf.Map `ebpf:"policy_ct4"`
+	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
+	PolicyEventRl *ebpf.Map `ebpf:"policy_event_rl"`
+	PolicyEvents  *ebpf.Map `ebpf:"policy_events"`
+	PolicyPorts   *ebpf.Map `ebpf:"policy_ports"`
+	PolicyRev     *ebpf.Map `ebpf:"policy_rev"`
+	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
+	PolicyStats   *ebpf.Map `ebpf:"policy_stats"`
+	RrState       *ebpf.Map `ebpf:"rr_state"`
+	Services      *ebpf.Map `ebpf:"services"`
+	SockBackend   *ebpf.Map `ebpf:"sock_backend"`
+	SockRevnat4   *ebpf.Map `ebpf:"sock_revnat4"`
+	Stats         *ebpf.Map `ebpf:"stats"`
+	SvcSlots      *ebpf.Map `ebpf:"svc_slots"`
+	TunnelRoutes  *ebpf.Map `ebpf:"tunnel_routes"`
 }
 
 func (m *tcPodMaps) Close() error {
@@ -181,6 +212,15 @@ func (m *tcPodMaps) Close() error {
 		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
+		m.PolicyCounts,
+		m.PolicyCt4,
+		m.PolicyEps,
+		m.PolicyEventRl,
+		m.PolicyEvents,
+		m.PolicyPorts,
+		m.PolicyRev,
+		m.PolicyRules,
+		m.PolicyStats,
 		m.RrState,
 		m.Services,
 		m.SockBackend,
@@ -195,21 +235,23 @@ func (m *tcPodMaps) Close() error {
 //
 // It can be passed to loadTcPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcPodVariables struct {
-	ClusterCidrAddr  *ebpf.Variable `ebpf:"cluster_cidr_addr"`
-	ClusterCidrMask  *ebpf.Variable `ebpf:"cluster_cidr_mask"`
-	CtTimeoutCloseNs *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutTcpNs   *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
-	CtTimeoutUdpNs   *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
-	LbHashSeed       *ebpf.Variable `ebpf:"lb_hash_seed"`
-	Masquerade       *ebpf.Variable `ebpf:"masquerade"`
-	RoutingMode      *ebpf.Variable `ebpf:"routing_mode"`
-	ServiceCidrAddr  *ebpf.Variable `ebpf:"service_cidr_addr"`
-	ServiceCidrMask  *ebpf.Variable `ebpf:"service_cidr_mask"`
-	SnatFallbackAddr *ebpf.Variable `ebpf:"snat_fallback_addr"`
-	SnatPortMax      *ebpf.Variable `ebpf:"snat_port_max"`
-	SnatPortMin      *ebpf.Variable `ebpf:"snat_port_min"`
-	TunnelIfindex    *ebpf.Variable `ebpf:"tunnel_ifindex"`
-	TunnelVni        *ebpf.Variable `ebpf:"tunnel_vni"`
+	ClusterCidrAddr    *ebpf.Variable `ebpf:"cluster_cidr_addr"`
+	ClusterCidrMask    *ebpf.Variable `ebpf:"cluster_cidr_mask"`
+	CtTimeoutCloseNs   *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutTcpNs     *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUdpNs     *ebpf.Variable `ebpf:"ct_timeout_udp_ns"`
+	LbHashSeed         *ebpf.Variable `ebpf:"lb_hash_seed"`
+	Masquerade         *ebpf.Variable `ebpf:"masquerade"`
+	PolicyEventsPerSec *ebpf.Variable `ebpf:"policy_events_per_sec"`
+	PolicyOnly         *ebpf.Variable `ebpf:"policy_only"`
+	RoutingMode        *ebpf.Variable `ebpf:"routing_mode"`
+	ServiceCidrAddr    *ebpf.Variable `ebpf:"service_cidr_addr"`
+	ServiceCidrMask    *ebpf.Variable `ebpf:"service_cidr_mask"`
+	SnatFallbackAddr   *ebpf.Variable `ebpf:"snat_fallback_addr"`
+	SnatPortMax        *ebpf.Variable `ebpf:"snat_port_max"`
+	SnatPortMin        *ebpf.Variable `ebpf:"snat_port_min"`
+	TunnelIfindex      *ebpf.Variable `ebpf:"tunnel_ifindex"`
+	TunnelVni          *ebpf.Variable `ebpf:"tunnel_vni"`
 }
 
 // tcPodPrograms contains all programs after they have been loaded into the kernel.

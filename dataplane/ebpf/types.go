@@ -10,8 +10,9 @@ import (
 type Protocol uint8
 
 const (
-	TCP Protocol = 6
-	UDP Protocol = 17
+	TCP  Protocol = 6
+	UDP  Protocol = 17
+	SCTP Protocol = 132 // policy only: services are TCP and UDP
 )
 
 func (p Protocol) String() string {
@@ -20,6 +21,10 @@ func (p Protocol) String() string {
 		return "TCP"
 	case UDP:
 		return "UDP"
+	case SCTP:
+		return "SCTP"
+	case 1:
+		return "ICMP"
 	}
 	return fmt.Sprintf("Protocol(%d)", uint8(p))
 }

@@ -20,6 +20,10 @@ import (
 	"syscall"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
@@ -285,9 +289,16 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		if err := cfg.start(node, args); err != nil {
 			return nil, err
 		}
-		if cfg.KubeProxy != "" {
+	}
+	if cfg.KubeProxy != "" {
+		// kube-proxy reads its node's address from the Node object once, at start: started
+		// before the agent registers it, it runs without one. So each waits for its Node.
+		if err := waitNodes(ctx, Kubeconfig(cfg.DataDir), st.Nodes, 2*time.Minute); err != nil {
+			return nil, fmt.Errorf("before starting kube-proxy: %w", err)
+		}
+		for _, node := range st.Nodes {
 			// The upstream kube-proxy in iptables mode, as users who keep it run it.
-			if err := cfg.start(node+"-kube-proxy", []string{"nsenter", "--net=/run/netns/" + ns, cfg.KubeProxy,
+			if err := cfg.start(node+"-kube-proxy", []string{"nsenter", "--net=/run/netns/" + cfg.netns(node), cfg.KubeProxy,
 				"--kubeconfig", Kubeconfig(cfg.DataDir), "--hostname-override", node, "--proxy-mode", "iptables",
 				"--cluster-cidr", clusterCIDR, "--nodeport-addresses", "primary"}); err != nil {
 				return nil, err
@@ -295,6 +306,36 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		}
 	}
 	return st, nil
+}
+
+// waitNodes waits until every node has registered its Node object with an address.
+func waitNodes(ctx context.Context, kubeconfig string, nodes []string, timeout time.Duration) error {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for _, name := range nodes {
+		for {
+			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err == nil && len(n.Status.Addresses) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("node %s did not register within %s: %v", name, timeout, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
 
 // StopAgent stops one node's agent and leaves its pods, programs and state in

@@ -379,6 +379,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_eps SEC(".maps");
 
+/* Addresses of this node its pods may always be reached from: the node's own, and the pod
+ * gateway on every host veth, which the node's connections to its pods (kubelet probes) take
+ * as their source. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_hosts SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);

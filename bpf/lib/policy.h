@@ -111,7 +111,7 @@ static __always_inline int pol_verdict(__be32 ep, __u32 dir, const struct pol_pk
 	k.dir = dir;
 	k.peer = dir == POL_INGRESS ? p->k.saddr : p->k.daddr;
 	/* The node may always reach its own pods: kubelet probes come from it. */
-	if (dir == POL_INGRESS && bpf_map_lookup_elem(&node_addrs, &k.peer))
+	if (dir == POL_INGRESS && bpf_map_lookup_elem(&policy_hosts, &k.peer))
 		return 0;
 	v = bpf_map_lookup_elem(&policy_rules, &k);
 	if (!v)

@@ -94,7 +94,7 @@ func newDataplaneCmd() *cobra.Command {
 	f.String("default-algorithm", "random", "load-balancing algorithm without an lb.capstan.io/algorithm annotation")
 	f.Uint32("maglev-seed", 0, "source-hash seed; the same on every node of a cluster")
 	f.String("snat-addr", "", "source address for service traffic arriving on node devices")
-	f.Duration("min-sync-interval", 0, "least time between syncs (default 1s)")
+	f.Duration("min-sync-interval", 0, "least time between syncs (default 250ms in eBPF mode, 1s in iptables and none modes)")
 	f.Duration("sync-period", 0, "full resync period (default 30s)")
 	f.String("metrics-addr", "", "address to serve Prometheus /metrics on, e.g. 127.0.0.1:9964")
 	f.Int("service-entries", 0, "map size: service frontends (default 65536)")

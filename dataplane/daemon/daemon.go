@@ -85,7 +85,9 @@ type Config struct {
 	// ebpf's defaults. A policy that does not fit gets a PolicyMapFull event.
 	PolicyEndpoints, PolicyRules, PolicyPorts int
 
-	// MinSyncInterval defaults to 1s, SyncPeriod (full resync) to 30s.
+	// MinSyncInterval defaults to 250ms in eBPF mode, where a sync writes only what changed
+	// in the maps, and to 1s (kube-proxy's) in the iptables modes, where each sync is a
+	// whole iptables-restore. SyncPeriod (full resync) defaults to 30s.
 	MinSyncInterval time.Duration
 	SyncPeriod      time.Duration
 	// PolicySyncInterval is the least time between policy syncs, 100ms by default: a change
@@ -127,6 +129,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MinSyncInterval == 0 {
 		c.MinSyncInterval = time.Second
+		if c.Mode == ModeEBPF {
+			c.MinSyncInterval = 250 * time.Millisecond
+		}
 	}
 	if c.SyncPeriod == 0 {
 		c.SyncPeriod = 30 * time.Second
@@ -357,7 +362,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// NetworkPolicy lives in the pod programs, which every mode attaches.
 	var polRunner *dataplane.Runner
 	synced := []cache.InformerSynced{tracker.HasSynced}
-	ps := newPolicySyncer(cfg.NodeName, dp, factory, recorder, log)
+	ps := newPolicySyncer(cfg.NodeName, cfg.NodeAddrs, dp, factory, recorder, log)
 	polRunner, err = dataplane.NewRunner("policy", ps.sync, dataplane.RunnerConfig{
 		MinInterval: cfg.PolicySyncInterval,
 		MaxInterval: cfg.SyncPeriod,

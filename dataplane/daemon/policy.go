@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -18,34 +20,40 @@ import (
 
 	"github.com/capstan-net/capstan/dataplane/ebpf"
 	"github.com/capstan-net/capstan/dataplane/policy"
+	"github.com/capstan-net/capstan/ipam"
 )
 
 // policySyncer keeps the policy maps in step with NetworkPolicies, Pods and Namespaces. Every
 // sync compiles the whole picture afresh; the datapath writes only what changed.
 type policySyncer struct {
-	node     string
-	dp       *ebpf.Datapath
-	pods     corelisters.PodLister
-	nss      corelisters.NamespaceLister
-	pols     netlisters.NetworkPolicyLister
-	recorder record.EventRecorder
-	log      *slog.Logger
+	node  string
+	dp    *ebpf.Datapath
+	pods  corelisters.PodLister
+	nodes corelisters.NodeLister
+	// nodeAddrs, when set, replace the Node object's addresses (Config.NodeAddrs).
+	nodeAddrs []netip.Addr
+	nss       corelisters.NamespaceLister
+	pols      netlisters.NetworkPolicyLister
+	recorder  record.EventRecorder
+	log       *slog.Logger
 	// reported holds the problems already put on policies as events, so a problem that
 	// persists is reported once, and again only after it went away.
 	reported map[string]bool
 }
 
-func newPolicySyncer(node string, dp *ebpf.Datapath, f informers.SharedInformerFactory,
+func newPolicySyncer(node string, nodeAddrs []netip.Addr, dp *ebpf.Datapath, f informers.SharedInformerFactory,
 	recorder record.EventRecorder, log *slog.Logger) *policySyncer {
 	return &policySyncer{
-		node:     node,
-		dp:       dp,
-		pods:     f.Core().V1().Pods().Lister(),
-		nss:      f.Core().V1().Namespaces().Lister(),
-		pols:     f.Networking().V1().NetworkPolicies().Lister(),
-		recorder: recorder,
-		log:      log,
-		reported: make(map[string]bool),
+		node:      node,
+		nodeAddrs: nodeAddrs,
+		dp:        dp,
+		pods:      f.Core().V1().Pods().Lister(),
+		nodes:     f.Core().V1().Nodes().Lister(),
+		nss:       f.Core().V1().Namespaces().Lister(),
+		pols:      f.Networking().V1().NetworkPolicies().Lister(),
+		recorder:  recorder,
+		log:       log,
+		reported:  make(map[string]bool),
 	}
 }
 
@@ -61,6 +69,7 @@ func registerPolicyInformers(f informers.SharedInformerFactory, trigger func()) 
 		f.Core().V1().Pods().Informer(),
 		f.Core().V1().Namespaces().Informer(),
 		f.Networking().V1().NetworkPolicies().Informer(),
+		f.Core().V1().Nodes().Informer(), // this node's addresses and pod gateways
 	} {
 		reg, err := inf.AddEventHandler(h)
 		if err != nil {
@@ -69,6 +78,33 @@ func registerPolicyInformers(f informers.SharedInformerFactory, trigger func()) 
 		synced = append(synced, reg.HasSynced)
 	}
 	return synced, nil
+}
+
+// hosts are the addresses this node's pods may always be reached from: the node's, and the
+// gateway of each podCIDR, the source of the node's own connections to its pods.
+func (p *policySyncer) hosts() []netip.Addr {
+	out := slices.Clone(p.nodeAddrs)
+	n, err := p.nodes.Get(p.node)
+	if err != nil {
+		return out
+	}
+	if len(p.nodeAddrs) == 0 {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				out = append(out, ip)
+			}
+		}
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		if pfx, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, ipam.Gateway(pfx))
+		}
+	}
+	return out
 }
 
 func (p *policySyncer) sync(ctx context.Context) error {
@@ -83,6 +119,9 @@ func (p *policySyncer) sync(ctx context.Context) error {
 	pols, err := p.pols.List(labels.Everything())
 	if err != nil {
 		return err
+	}
+	if err := p.dp.SetPolicyHosts(p.hosts()); err != nil {
+		return fmt.Errorf("sync policy hosts: %w", err)
 	}
 	st := policy.Compile(policy.Input{NodeName: p.node, Pods: pods, Namespaces: nss, Policies: pols})
 	problems, err := p.dp.SyncPolicy(st)

@@ -25,7 +25,7 @@ func pinnedNames() []string {
 		sockMapServices, sockMapSvcSlots, sockMapBackends, sockMapBackendConns, sockMapRrState,
 		sockMapMaglevTables, sockMapCt4, sockMapAffinity4, sockMapNodeAddrs, sockMapSockRevnat4,
 		sockMapSockBackend, sockMapEndpoints, sockMapTunnelRoutes, sockMapStats,
-		sockMapPolicyEps, sockMapPolicyRules, sockMapPolicyPorts, sockMapPolicyCt4, sockMapPolicyStats,
+		sockMapPolicyEps, sockMapPolicyHosts, sockMapPolicyRules, sockMapPolicyPorts, sockMapPolicyCt4, sockMapPolicyStats,
 	}
 }
 

@@ -51,7 +51,8 @@ func TestPolicyIngressRules(t *testing.T) {
 	ifindex := enterTestNetns(t)
 	cfg := testConfig()
 	d := newTestDatapath(t, cfg)
-	if err := d.SetNodeAddrs([]netip.Addr{nodeIP}); err != nil {
+	gateway := netip.MustParseAddr("10.244.0.1")
+	if err := d.SetPolicyHosts([]netip.Addr{nodeIP, gateway}); err != nil {
 		t.Fatal(err)
 	}
 	mustSyncPolicy(t, d, &policy.State{Endpoints: []policy.Endpoint{{
@@ -85,6 +86,7 @@ func TestPolicyIngressRules(t *testing.T) {
 		{"sctp other port", hp(polA, 40007), 81, SCTP, tcActShot},
 		{"peer no rule admits", hp(polC, 40008), 80, TCP, tcActShot},
 		{"the node, any port", hp(nodeIP, 40009), 81, TCP, tcActOK},
+		{"the node by its pod gateway", hp(gateway, 40013), 81, TCP, tcActOK},
 		{"ipBlock, any port", hp(netip.MustParseAddr("10.244.8.1"), 40010), 9999, UDP, tcActOK},
 		{"ipBlock except", hp(netip.MustParseAddr("10.244.9.1"), 40011), 80, TCP, tcActShot},
 		{"ipBlock past the except", hp(netip.MustParseAddr("10.244.10.1"), 40012), 80, TCP, tcActOK},
@@ -106,8 +108,8 @@ func TestPolicyIngressRules(t *testing.T) {
 	if got := verdicts["ingress"].Denied; got != 6 {
 		t.Errorf("ingress denied counter %d, want 6", got)
 	}
-	if got := verdicts["ingress"].AllowedFlows; got != 7 {
-		t.Errorf("ingress allowed flows %d, want 7", got)
+	if got := verdicts["ingress"].AllowedFlows; got != 8 {
+		t.Errorf("ingress allowed flows %d, want 8", got)
 	}
 	// Two UDP flows and two through the ipBlock; the node's flow counts for no policy.
 	if got := byPolicy[polOther][0]; got != 4 {

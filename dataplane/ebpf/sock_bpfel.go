@@ -185,6 +185,7 @@ const (
 	sockMapPolicyEps          = "policy_eps"
 	sockMapPolicyEventRl      = "policy_event_rl"
 	sockMapPolicyEvents       = "policy_events"
+	sockMapPolicyHosts        = "policy_hosts"
 	sockMapPolicyPorts        = "policy_ports"
 	sockMapPolicyRev          = "policy_rev"
 	sockMapPolicyRules        = "policy_rules"
@@ -285,6 +286,7 @@ type sockMapSpecs struct {
 	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
 	PolicyEventRl *ebpf.MapSpec `ebpf:"policy_event_rl"`
 	PolicyEvents  *ebpf.MapSpec `ebpf:"policy_events"`
+	PolicyHosts   *ebpf.MapSpec `ebpf:"policy_hosts"`
 	PolicyPorts   *ebpf.MapSpec `ebpf:"policy_ports"`
 	PolicyRev     *ebpf.MapSpec `ebpf:"policy_rev"`
 	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
@@ -353,6 +355,7 @@ type sockMaps struct {
 	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
 	PolicyEventRl *ebpf.Map `ebpf:"policy_event_rl"`
 	PolicyEvents  *ebpf.Map `ebpf:"policy_events"`
+	PolicyHosts   *ebpf.Map `ebpf:"policy_hosts"`
 	PolicyPorts   *ebpf.Map `ebpf:"policy_ports"`
 	PolicyRev     *ebpf.Map `ebpf:"policy_rev"`
 	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
@@ -380,6 +383,7 @@ func (m *sockMaps) Close() error {
 		m.PolicyEps,
 		m.PolicyEventRl,
 		m.PolicyEvents,
+		m.PolicyHosts,
 		m.PolicyPorts,
 		m.PolicyRev,
 		m.PolicyRules,

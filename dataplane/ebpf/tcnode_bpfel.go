@@ -28,6 +28,7 @@ const (
 	tcNodeMapPolicyEps          = "policy_eps"
 	tcNodeMapPolicyEventRl      = "policy_event_rl"
 	tcNodeMapPolicyEvents       = "policy_events"
+	tcNodeMapPolicyHosts        = "policy_hosts"
 	tcNodeMapPolicyPorts        = "policy_ports"
 	tcNodeMapPolicyRev          = "policy_rev"
 	tcNodeMapPolicyRules        = "policy_rules"
@@ -126,6 +127,7 @@ type tcNodeMapSpecs struct {
 	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
 	PolicyEventRl *ebpf.MapSpec `ebpf:"policy_event_rl"`
 	PolicyEvents  *ebpf.MapSpec `ebpf:"policy_events"`
+	PolicyHosts   *ebpf.MapSpec `ebpf:"policy_hosts"`
 	PolicyPorts   *ebpf.MapSpec `ebpf:"policy_ports"`
 	PolicyRev     *ebpf.MapSpec `ebpf:"policy_rev"`
 	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
@@ -194,6 +196,7 @@ type tcNodeMaps struct {
 	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
 	PolicyEventRl *ebpf.Map `ebpf:"policy_event_rl"`
 	PolicyEvents  *ebpf.Map `ebpf:"policy_events"`
+	PolicyHosts   *ebpf.Map `ebpf:"policy_hosts"`
 	PolicyPorts   *ebpf.Map `ebpf:"policy_ports"`
 	PolicyRev     *ebpf.Map `ebpf:"policy_rev"`
 	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
@@ -221,6 +224,7 @@ func (m *tcNodeMaps) Close() error {
 		m.PolicyEps,
 		m.PolicyEventRl,
 		m.PolicyEvents,
+		m.PolicyHosts,
 		m.PolicyPorts,
 		m.PolicyRev,
 		m.PolicyRules,

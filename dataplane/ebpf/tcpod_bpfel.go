@@ -28,6 +28,7 @@ const (
 	tcPodMapPolicyEps          = "policy_eps"
 	tcPodMapPolicyEventRl      = "policy_event_rl"
 	tcPodMapPolicyEvents       = "policy_events"
+	tcPodMapPolicyHosts        = "policy_hosts"
 	tcPodMapPolicyPorts        = "policy_ports"
 	tcPodMapPolicyRev          = "policy_rev"
 	tcPodMapPolicyRules        = "policy_rules"
@@ -122,6 +123,7 @@ type tcPodMapSpecs struct {
 	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
 	PolicyEventRl *ebpf.MapSpec `ebpf:"policy_event_rl"`
 	PolicyEvents  *ebpf.MapSpec `ebpf:"policy_events"`
+	PolicyHosts   *ebpf.MapSpec `ebpf:"policy_hosts"`
 	PolicyPorts   *ebpf.MapSpec `ebpf:"policy_ports"`
 	PolicyRev     *ebpf.MapSpec `ebpf:"policy_rev"`
 	PolicyRules   *ebpf.MapSpec `ebpf:"policy_rules"`
@@ -190,6 +192,7 @@ type tcPodMaps struct {
 	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
 	PolicyEventRl *ebpf.Map `ebpf:"policy_event_rl"`
 	PolicyEvents  *ebpf.Map `ebpf:"policy_events"`
+	PolicyHosts   *ebpf.Map `ebpf:"policy_hosts"`
 	PolicyPorts   *ebpf.Map `ebpf:"policy_ports"`
 	PolicyRev     *ebpf.Map `ebpf:"policy_rev"`
 	PolicyRules   *ebpf.Map `ebpf:"policy_rules"`
@@ -217,6 +220,7 @@ func (m *tcPodMaps) Close() error {
 		m.PolicyEps,
 		m.PolicyEventRl,
 		m.PolicyEvents,
+		m.PolicyHosts,
 		m.PolicyPorts,
 		m.PolicyRev,
 		m.PolicyRules,

@@ -11,7 +11,7 @@ LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build containerd e2e test test-unit test-external-etcd generate generate-check lint demo bench clean images
+.PHONY: all build containerd e2e netpol test test-unit test-external-etcd generate generate-check lint demo bench clean images vagrant-check vagrant-netpol
 
 all: build
 
@@ -28,8 +28,8 @@ images:
 
 # Everything: lint, regenerate BPF objects (must match the committed ones),
 # unit and integration tests (embedded etcd), the API suite again against a
-# separately started etcd process, then the end-to-end suite.
-test: lint generate-check containerd test-unit test-external-etcd e2e
+# separately started etcd process, then the end-to-end and NetworkPolicy suites.
+test: lint vagrant-check generate-check containerd test-unit test-external-etcd e2e netpol
 
 test-unit:
 	$(GO) test -count=1 -timeout 20m ./...
@@ -48,8 +48,32 @@ e2e: containerd
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/e2e.log)"; grep -B2 -A40 -E '^\s+[a-z_]+_test\.go:[0-9]+: ' $(BIN)/e2e.log | head -300; fi; \
 	  tail -3 $(BIN)/e2e.log; exit $$rc
 
+# The NetworkPolicy reachability suite: a fresh 3-node cluster (native/eBPF),
+# the upstream x/y/z model and a table of cases with their convergence times;
+# the whole log is in bin/netpol.log, and a failure prints its matrices.
+# CAPSTAN_NETPOL_CASES=regexp picks cases; CAPSTAN_NETPOL_KUBECONFIG=path runs
+# on a cluster that is already up.
+netpol: containerd
+	@mkdir -p $(BIN); $(GO) test -tags netpol -count=1 -v -timeout 30m -run 'TestExpectations|TestEvaluateBasics|TestNetpol' ./test/netpol/ >$(BIN)/netpol.log 2>&1; rc=$$?; \
+	  sed -n '/^\s*CASE \+RESULT/,/^\s*netpol: [0-9]* passed/p' $(BIN)/netpol.log; \
+	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/netpol.log)"; grep -E -A45 '(probes still differ|no longer Ready|cannot reach its pod|after the case: |persistent connection .*(still works|failed)|hand-written:|evaluate:$$| setup: )' $(BIN)/netpol.log | head -400; fi; \
+	  tail -3 $(BIN)/netpol.log; exit $$rc
+
 test-external-etcd:
 	./scripts/test-external-etcd.sh
+
+# deploy/vagrant without VMs: vagrant validate, bash -n and shellcheck, the
+# provisioning scripts rendered into a temp root and checked, then (as root)
+# the rendered server and agent run in network namespaces until the node is Ready.
+vagrant-check: build
+	./deploy/vagrant/check.sh
+
+# One server VM and two agent VMs (deploy/vagrant; provider from
+# VAGRANT_DEFAULT_PROVIDER: libvirt or virtualbox), then the NetworkPolicy
+# reachability suite against them from this host. Needs a host that runs VMs;
+# the VMs stay up (cd deploy/vagrant && vagrant destroy -f).
+vagrant-netpol: build images
+	./deploy/vagrant/netpol.sh
 
 generate:
 	$(GO) generate ./...
@@ -63,17 +87,20 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./test/e2e/
+	$(GO) vet -tags netpol ./test/netpol/
 
 demo: build
 	./scripts/demo.sh
 
-# API and scheduler figures, then Services in eBPF and iptables mode side by side
-# (table on the terminal, results.json and chart.svg under bench-results/).
+# API and scheduler figures, then Services in eBPF and iptables mode side by side, then
+# NetworkPolicy of 0, 100 and 1,000 rules (tables on the terminal, results.json and
+# chart.svg under bench-results/).
 bench: build images containerd
 	$(GO) build -o $(BIN)/capstan-echo ./test/images/echo
 	$(CAPSTAN) bench api
 	$(CAPSTAN) bench scheduler
 	$(CAPSTAN) bench services --echo-binary $(BIN)/capstan-echo --images $(BIN)/images/capstan-test-images.tar
+	$(CAPSTAN) bench policy --echo-binary $(BIN)/capstan-echo --images $(BIN)/images/capstan-test-images.tar
 
 clean:
 	rm -rf $(BIN) bench-results

@@ -8,6 +8,7 @@ packages=(
   clang llvm libbpf-dev bpftool linux-libc-dev  # BPF programs (make generate)
   iproute2 iptables util-linux curl  # netns, veth; nsenter runs node agents in their netns; curl for make demo
   containerd runc busybox-static  # the node agent's runtime and the test images
+  vagrant shellcheck openssl  # make vagrant-check: vagrant validate, script lint, the VMs' CA (deploy/vagrant)
 )
 
 missing=()

@@ -6,7 +6,6 @@
 package e2e_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -25,12 +24,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	"github.com/capstan-net/capstan/cluster"
-	"github.com/capstan-net/capstan/test/images/imagebuild"
-	"github.com/capstan-net/capstan/test/integration/testbin"
+	"github.com/capstan-net/capstan/test/clustertest"
 )
 
 // clusterCase is one cluster the suite brings up; each scenario says which
@@ -56,18 +53,11 @@ type env struct {
 	nodes      []string
 	nodeIPs    map[string]string
 	ns         string
+	c          *clustertest.Cluster // the same cluster, for the shared helpers
 }
 
 func (e *env) kubectl(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, e.capstan, append([]string{"kubectl", "-n", e.ns}, args...)...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+e.kubeconfig)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	err := cmd.Run()
-	return strings.TrimSpace(out.String()), err
+	return e.c.Kubectl(append([]string{"-n", e.ns}, args...)...)
 }
 
 // connect runs capstan-echo connect in a pod and returns the answer.
@@ -82,14 +72,7 @@ func (e *env) outside(url string) (string, error) {
 }
 
 func eventually(timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+	return clustertest.Eventually(timeout, f)
 }
 
 type result struct {
@@ -99,31 +82,7 @@ type result struct {
 }
 
 func TestE2E(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("the e2e suite needs root")
-	}
-	socket := "/run/capstan/containerd/containerd.sock"
-	if _, err := os.Stat(socket); err != nil {
-		t.Fatalf("no containerd at %s: run scripts/containerd.sh start", socket)
-	}
-	root, err := testbin.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	capstan, err := testbin.Build(root, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	echo := filepath.Join(bin, "capstan-echo")
-	if out, err := exec.Command("go", "build", "-o", echo, filepath.Join(root, "test", "images", "echo")).CombinedOutput(); err != nil {
-		t.Fatalf("build capstan-echo: %v\n%s", err, out)
-	}
-	images := filepath.Join(bin, "images.tar")
-	wd, _ := os.Getwd()
-	os.Chdir(root)
-	err = imagebuild.WriteFile(context.Background(), imagebuild.Options{}, images)
-	os.Chdir(wd)
+	tools, err := clustertest.Build(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +94,7 @@ func TestE2E(t *testing.T) {
 			continue
 		}
 		t.Run(cc.name, func(t *testing.T) {
-			results = append(results, runCase(t, cc, capstan, echo, images, socket)...)
+			results = append(results, runCase(t, cc, tools)...)
 		})
 	}
 	var b strings.Builder
@@ -151,37 +110,24 @@ func TestE2E(t *testing.T) {
 }
 
 // runCase brings one cluster up, runs its scenarios and takes it down.
-func runCase(t *testing.T, cc clusterCase, capstan, echo, images, socket string) []result {
+func runCase(t *testing.T, cc clusterCase, tools *clustertest.Tools) []result {
 	start := time.Now()
 	dir := t.TempDir()
 	cfg := cluster.Config{
 		Name: fmt.Sprintf("e2e%04x", rand.IntN(1<<16)), DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"),
 		Nodes: 3, Routing: cc.routing, Mode: cc.mode,
 		Subnet: netip.MustParsePrefix(fmt.Sprintf("172.29.%d.0/24", 1+rand.IntN(250))),
-		Port:   20000 + rand.IntN(10000), Binary: capstan, Images: []string{images}, ContainerdSocket: socket,
+		Port:   20000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images}, ContainerdSocket: tools.Socket,
 		// A stopped agent's node is declared unreachable, and its pods
 		// evicted, within a scenario's patience.
 		ServerArgs: []string{"--node-monitor-grace-period", "10s", "--default-unreachable-toleration-seconds", "5"},
 	}
 	ctx := context.Background()
-	t.Cleanup(func() {
-		if err := cluster.Down(ctx, cfg); err != nil {
-			t.Errorf("capstan down: %v", err)
-		}
-	})
-	st, err := cluster.Up(ctx, cfg)
+	c, err := clustertest.Up(t, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{cc: cc, cfg: cfg, kubeconfig: cluster.Kubeconfig(cfg.DataDir), capstan: capstan, echo: echo, nodes: st.Nodes, nodeIPs: map[string]string{}, ns: "e2e"}
-	rc, err := clientcmd.BuildConfigFromFlags("", e.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cs = kubernetes.NewForConfigOrDie(rc)
-	if err := e.waitNodesReady(2 * time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	e := &env{cc: cc, cfg: cfg, kubeconfig: c.Kubeconfig, capstan: tools.Capstan, echo: tools.Echo, nodes: c.Nodes, nodeIPs: c.NodeIPs, ns: "e2e", cs: c.CS, c: c}
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -207,32 +153,6 @@ func runCase(t *testing.T, cc clusterCase, capstan, echo, images, socket string)
 	return results
 }
 
-func (e *env) waitNodesReady(timeout time.Duration) error {
-	return eventually(timeout, func() error {
-		nodes, err := e.cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-		if err != nil {
-			return err
-		}
-		ready := 0
-		for _, n := range nodes.Items {
-			for _, c := range n.Status.Conditions {
-				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-					ready++
-				}
-			}
-			for _, a := range n.Status.Addresses {
-				if a.Type == corev1.NodeInternalIP {
-					e.nodeIPs[n.Name] = a.Address
-				}
-			}
-		}
-		if ready < len(e.nodes) {
-			return fmt.Errorf("%d of %d nodes Ready", ready, len(e.nodes))
-		}
-		return nil
-	})
-}
-
 // diagnose logs what a failed scenario leaves to look at.
 func (e *env) diagnose(t *testing.T) {
 	out, _ := e.kubectl("get", "pods", "-o", "wide")
@@ -241,28 +161,10 @@ func (e *env) diagnose(t *testing.T) {
 	t.Logf("endpointslices:\n%s", out)
 	out, _ = e.kubectl("get", "events", "--sort-by", ".lastTimestamp")
 	t.Logf("events:\n%s", tailLines(out, 30))
-	for _, n := range e.nodes {
-		data, _ := os.ReadFile(filepath.Join(e.cfg.DataDir, "cluster", "logs", n+".log"))
-		t.Logf("%s agent log (tail):\n%s", n, tailLines(string(data), 15))
-		// What the kubelet did to pods' sandboxes and containers, all along.
-		var notable []string
-		for _, l := range strings.Split(string(data), "\n") {
-			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") || strings.Contains(l, "sandbox") ||
-				strings.Contains(l, "orphan") || strings.Contains(l, "deleted pod") || strings.Contains(l, "agent running") {
-				notable = append(notable, l)
-			}
-		}
-		t.Logf("%s agent log (warnings, sandboxes, restarts):\n%s", n, tailLines(strings.Join(notable, "\n"), 40))
-	}
+	e.c.LogAgents(t)
 }
 
-func tailLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tailLines(s string, n int) string { return clustertest.TailLines(s, n) }
 
 var echoLabels = map[string]string{"app": "echo"}
 
@@ -412,11 +314,5 @@ func (e *env) clusterIP(t *testing.T, svc string) string {
 
 // inNode runs a command as a node's own process (`capstan node-exec`).
 func (e *env) inNode(node string, args ...string) (string, error) {
-	cmd, done, err := cluster.NodeCommand(e.cfg, node, args...)
-	if err != nil {
-		return "", err
-	}
-	defer done()
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
+	return e.c.InNode(node, args...)
 }

@@ -86,7 +86,7 @@ func healingScenarios() []scenario {
 				if _, err := cluster.Up(context.Background(), e.cfg); err != nil {
 					t.Fatalf("restart %s: %v", node, err)
 				}
-				if err := e.waitNodesReady(time.Minute); err != nil {
+				if err := e.c.WaitNodesReady(time.Minute); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -252,7 +252,7 @@ func stopAgent(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 	restarted = true
-	if err := e.waitNodesReady(time.Minute); err != nil {
+	if err := e.c.WaitNodesReady(time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// Back, the agent finishes the eviction: the old pod goes.
@@ -282,7 +282,7 @@ func switchMode(t *testing.T, e *env) {
 	if _, err := cluster.Up(context.Background(), e.cfg); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.waitNodesReady(time.Minute); err != nil {
+	if err := e.c.WaitNodesReady(time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	ip := e.clusterIP(t, "echo")
@@ -295,7 +295,8 @@ func switchMode(t *testing.T, e *env) {
 			links, _ := filepath.Glob(filepath.Join("/sys/fs/bpf/capstan", node, "links", "*"))
 			var service []string
 			for _, l := range links {
-				if b := filepath.Base(l); !strings.HasPrefix(b, "tunnel-") {
+				// Tunnel and policy-only links stay in every mode.
+				if b := filepath.Base(l); !strings.HasPrefix(b, "tunnel-") && !strings.HasPrefix(b, "policy-") {
 					service = append(service, b)
 				}
 			}

@@ -55,20 +55,31 @@ func (e *errHTTPStatus) Error() string {
 	return fmt.Sprintf("HTTP %d %s", e.code, strings.TrimSpace(e.body))
 }
 
+// checkTarget returns an errUsage error when connect could not try proto and addr.
+func checkTarget(proto, addr string) error {
+	switch proto {
+	case "tcp", "udp", "http":
+	default:
+		return fmt.Errorf("%w: unknown protocol %q (tcp, udp or http)", errUsage, proto)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("%w: %q is not HOST:PORT", errUsage, addr)
+	}
+	return nil
+}
+
 // connect reaches addr with proto until ctx ends and returns the server's answer.
 func connect(ctx context.Context, proto, addr string) (string, error) {
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return "", fmt.Errorf("%w: %q is not HOST:PORT", errUsage, addr)
+	if err := checkTarget(proto, addr); err != nil {
+		return "", err
 	}
 	switch proto {
 	case "tcp":
 		return connectTCP(ctx, addr)
 	case "udp":
 		return connectUDP(ctx, addr)
-	case "http":
-		return connectHTTP(ctx, addr)
 	default:
-		return "", fmt.Errorf("%w: unknown protocol %q (tcp, udp or http)", errUsage, proto)
+		return connectHTTP(ctx, addr)
 	}
 }
 

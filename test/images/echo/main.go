@@ -4,6 +4,7 @@
 //
 //	capstan-echo serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001] [--perf-port 5201]
 //	capstan-echo connect HOST:PORT [--protocol tcp|udp|http] [--timeout 2s]
+//	capstan-echo probe [--timeout 1s] PROTO:HOST:PORT...   or   probe [--timeout 1s] --stdin
 //	capstan-echo loop HOST:PORT [--protocol http|tcp|udp] [--interval 50ms] [--duration 0] [--persistent]
 //	capstan-echo perf HOST:PORT --test stream|rr|crr [--duration 10s] [--connections 1] [--size 1] [--timeout 2s] [--count 0]
 //	capstan-echo pause
@@ -56,6 +57,20 @@
 //	      if one arrives within the timeout. Connecting is success.
 //	udp   sends "hostname" and prints the answer; no answer in time is TIMEOUT.
 //	http  GET http://HOST:PORT/hostname and prints the body.
+//
+// # probe
+//
+// Many connects at once, for reachability matrices: each PROTO:HOST:PORT
+// (PROTO is tcp, udp or http, as for connect) is tried in parallel with its
+// own --timeout, and probe prints one line per target, in the order given:
+// "PROTO:HOST:PORT OK ANSWER" or "PROTO:HOST:PORT FAIL REASON", with connect's
+// answer or reason on one line. It exits 0 when every target has its line,
+// whatever the results. With --stdin it reads lines of "ID TARGET..." from
+// standard input and runs each at once, printing "ID START" as its probes
+// begin, "ID INDEX RESULT" as each result comes and "ID END" after a line's
+// last ("ID ERROR REASON" first for a
+// line it cannot run), until its input ends: one exec into a pod serves a
+// whole test, and a slow target holds up no other.
 //
 // # loop
 //
@@ -120,6 +135,7 @@ const usage = `usage: capstan-echo COMMAND [flags]
 commands:
   serve [--http-port 8080] [--tcp-port 9000] [--udp-port 9001] [--perf-port 5201]
   connect HOST:PORT [--protocol tcp|udp|http] [--timeout 2s]
+  probe [--timeout 1s] PROTO:HOST:PORT... | probe [--timeout 1s] --stdin
   loop HOST:PORT [--protocol http|tcp|udp] [--interval 50ms] [--timeout 2s] [--duration 0] [--persistent] [--report 1s]
   perf HOST:PORT --test stream|rr|crr [--duration 10s] [--connections 1] [--size 1] [--timeout 2s] [--count 0]
   pause
@@ -139,6 +155,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args, stdout, stderr)
 	case "connect":
 		return runConnect(args, stdout, stderr)
+	case "probe":
+		return runProbe(args, stdout, stderr)
 	case "loop":
 		return runLoop(args, stdout, stderr)
 	case "perf":

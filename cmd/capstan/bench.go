@@ -3,17 +3,22 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/capstan-net/capstan/control/scheduler"
 	"github.com/capstan-net/capstan/control/server"
 	"github.com/capstan-net/capstan/test/bench/apibench"
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 	"github.com/capstan-net/capstan/test/bench/podbench"
 )
 
@@ -68,7 +73,7 @@ func newBenchCmd() *cobra.Command {
 	f.String("data-dir", "", "server data dir (default: a temporary directory)")
 	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	f.Bool("json", false, "use JSON instead of protobuf on the wire")
-	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd(), newBenchServicesCmd())
+	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd(), newBenchServicesCmd(), newBenchPolicyCmd())
 	return cmd
 }
 
@@ -167,4 +172,58 @@ func newBenchPodsCmd() *cobra.Command {
 	f.Float64("rate", 5, "pods created per second (0: all at once)")
 	f.Duration("timeout", 5*time.Minute, "give up after this long")
 	return cmd
+}
+
+// addClusterBenchFlags adds the flags of the benchmarks that bring up local clusters
+// (perfcluster.Options); echoUse says what the host capstan-echo is for, outFiles what --out gets.
+func addClusterBenchFlags(f *pflag.FlagSet, echoUse, outFiles string) {
+	f.String("echo-binary", "bin/capstan-echo", "capstan-echo built for this host (go build -o bin/capstan-echo ./test/images/echo), "+echoUse)
+	f.StringSlice("images", []string{"bin/images/capstan-test-images.tar"}, "image archives with capstan.local/echo:1.0 (make images)")
+	f.Duration("duration", 0, "length of each measurement (default 5s)")
+	f.Int("connections", 1, "parallel connections (or connection loops) per measurement")
+	f.String("out", "bench-results", "directory for "+outFiles+" (a timestamped subdirectory)")
+	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket")
+}
+
+// runClusterBench runs bench with the options of addClusterBenchFlags until it ends or a
+// signal comes.
+func runClusterBench(cmd *cobra.Command, bench func(ctx context.Context, v *viper.Viper, opts perfcluster.Options) error) error {
+	v, log, err := setup(cmd)
+	if err != nil {
+		return err
+	}
+	opts, cleanup, err := clusterBenchOptions(cmd, v, log)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	ctx, cancel := signalContext()
+	defer cancel()
+	return bench(ctx, v, opts)
+}
+
+// clusterBenchOptions reads the flags of addClusterBenchFlags; the clusters run this binary,
+// with their data in a temporary directory that cleanup removes.
+func clusterBenchOptions(cmd *cobra.Command, v *viper.Viper, log *slog.Logger) (_ perfcluster.Options, cleanup func(), _ error) {
+	self, err := os.Executable()
+	if err != nil {
+		return perfcluster.Options{}, nil, err
+	}
+	self, _ = filepath.EvalSymlinks(self)
+	dir, err := os.MkdirTemp("", "capstan-bench-"+cmd.Name()+"-")
+	if err != nil {
+		return perfcluster.Options{}, nil, err
+	}
+	return perfcluster.Options{
+		Binary:           self,
+		EchoBinary:       v.GetString("echo-binary"),
+		Images:           v.GetStringSlice("images"),
+		Duration:         v.GetDuration("duration"),
+		Connections:      v.GetInt("connections"),
+		OutDir:           v.GetString("out"),
+		DataDir:          dir,
+		ContainerdSocket: v.GetString("containerd-socket"),
+		Log:              log,
+		Out:              cmd.OutOrStdout(),
+	}, func() { os.RemoveAll(dir) }, nil
 }

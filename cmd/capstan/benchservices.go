@@ -1,11 +1,12 @@
 package main
 
 import (
-	"os"
-	"path/filepath"
+	"context"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
 
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 	"github.com/capstan-net/capstan/test/bench/servicebench"
 )
 
@@ -23,53 +24,25 @@ under --out. Needs root, containerd (scripts/containerd.sh start), the test imag
 build of capstan-echo (make bench builds both).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, log, err := setup(cmd)
-			if err != nil {
+			return runClusterBench(cmd, func(ctx context.Context, v *viper.Viper, opts perfcluster.Options) error {
+				_, err := servicebench.Run(ctx, servicebench.Config{
+					Options:       opts,
+					Modes:         v.GetStringSlice("modes"),
+					KubeProxy:     v.GetString("kube-proxy"),
+					ServiceCounts: v.GetIntSlice("services"),
+					EndpointsMin:  v.GetInt("endpoints-min"),
+					EndpointsMax:  v.GetInt("endpoints-max"),
+				})
 				return err
-			}
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			self, _ = filepath.EvalSymlinks(self)
-			ctx, cancel := signalContext()
-			defer cancel()
-			dir, err := os.MkdirTemp("", "capstan-bench-services-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(dir)
-			_, err = servicebench.Run(ctx, servicebench.Config{
-				Binary:           self,
-				EchoBinary:       v.GetString("echo-binary"),
-				Images:           v.GetStringSlice("images"),
-				Modes:            v.GetStringSlice("modes"),
-				KubeProxy:        v.GetString("kube-proxy"),
-				ServiceCounts:    v.GetIntSlice("services"),
-				EndpointsMin:     v.GetInt("endpoints-min"),
-				EndpointsMax:     v.GetInt("endpoints-max"),
-				Duration:         v.GetDuration("duration"),
-				Connections:      v.GetInt("connections"),
-				OutDir:           v.GetString("out"),
-				DataDir:          dir,
-				ContainerdSocket: v.GetString("containerd-socket"),
-				Log:              log,
-				Out:              cmd.OutOrStdout(),
 			})
-			return err
 		},
 	}
 	f := cmd.Flags()
-	f.String("echo-binary", "bin/capstan-echo", "capstan-echo built for this host (go build -o bin/capstan-echo ./test/images/echo), the outside client")
-	f.StringSlice("images", []string{"bin/images/capstan-test-images.tar"}, "image archives with capstan.local/echo:1.0 (make images)")
+	addClusterBenchFlags(f, "the outside client", "results.json and chart.svg")
 	f.StringSlice("modes", nil, `service modes to compare, in order: ebpf, iptables, none (default: ebpf and iptables, plus none with --kube-proxy)`)
 	f.String("kube-proxy", "", "upstream kube-proxy binary (tools/kube-proxy/build.sh): adds a column for mode none with kube-proxy in iptables mode")
 	f.IntSlice("services", []int{1, 1000, 10000}, "Service counts to measure at (the measured Services are last in any ordered list)")
 	f.Int("endpoints-min", 2, "fewest endpoints per filler Service")
 	f.Int("endpoints-max", 10, "most endpoints per filler Service")
-	f.Duration("duration", 0, "length of each measurement (default 5s)")
-	f.Int("connections", 1, "parallel connections (or connection loops) per measurement")
-	f.String("out", "bench-results", "directory for results.json and chart.svg (a timestamped subdirectory)")
-	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket")
 	return cmd
 }

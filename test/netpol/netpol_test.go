@@ -16,6 +16,7 @@ package netpol_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -162,13 +163,16 @@ func setup(t *testing.T) *suite {
 		dir := t.TempDir()
 		// Name, underlay, port and directories apart from the e2e suite's,
 		// so both can run at once.
+		// CAPSTAN_NETPOL_MODE=iptables runs the suite on the policy-only programs that
+		// mode loads beside its netfilter Services; CAPSTAN_NETPOL_ROUTING=vxlan on VXLAN.
+		mode := cmp.Or(os.Getenv("CAPSTAN_NETPOL_MODE"), "ebpf")
 		cfg := cluster.Config{
 			Name: fmt.Sprintf("np%04x", rand.IntN(1<<16)), DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"),
-			Nodes: 3, Routing: "native", Mode: "ebpf",
+			Nodes: 3, Routing: cmp.Or(os.Getenv("CAPSTAN_NETPOL_ROUTING"), "native"), Mode: mode,
 			Subnet: netip.MustParsePrefix(fmt.Sprintf("172.28.%d.0/24", 1+rand.IntN(250))),
 			Port:   10000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images}, ContainerdSocket: tools.Socket,
 		}
-		t.Logf("cluster %s: underlay %s, API port %d", cfg.Name, cfg.Subnet, cfg.Port)
+		t.Logf("cluster %s: underlay %s, API port %d, %s routing, %s mode", cfg.Name, cfg.Subnet, cfg.Port, cfg.Routing, cfg.Mode)
 		c, err := clustertest.Up(t, cfg)
 		if err != nil {
 			t.Fatalf("setup: %v", err)

@@ -8,24 +8,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"runtime"
-	"strings"
 	"time"
 
 	"github.com/capstan-net/capstan/cluster"
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 )
 
 // Config is what Run needs. Binary, EchoBinary and Images are required.
 type Config struct {
-	Binary     string   // the capstan binary
-	EchoBinary string   // capstan-echo built for the host: the outside client
-	Images     []string // image archives with capstan.local/echo:1.0
+	perfcluster.Options
 	// Modes to compare, in order: "ebpf", "iptables", and "none" (the upstream kube-proxy
 	// at KubeProxy in iptables mode, Capstan keeping only pod routing).
 	Modes     []string
@@ -35,24 +29,9 @@ type Config struct {
 	ServiceCounts []int
 	// Endpoints per filler Service are drawn from [EndpointsMin, EndpointsMax].
 	EndpointsMin, EndpointsMax int
-	Duration                   time.Duration // per measurement
-	Connections                int           // per measurement (stream, rr, crr workers)
-	OutDir                     string        // bench-results
-	DataDir, RunDir            string
-	ContainerdSocket           string
-	Log                        *slog.Logger
-	Out                        io.Writer // the table
 }
 
 func (c *Config) setDefaults() error {
-	if c.Binary == "" || c.EchoBinary == "" || len(c.Images) == 0 {
-		return errors.New("bench services: the capstan binary, a host capstan-echo and the test images are required (make bench builds them)")
-	}
-	for _, f := range append([]string{c.Binary, c.EchoBinary}, c.Images...) {
-		if _, err := os.Stat(f); err != nil {
-			return fmt.Errorf("bench services: %w", err)
-		}
-	}
 	if len(c.Modes) == 0 {
 		c.Modes = []string{"ebpf", "iptables"}
 		if c.KubeProxy != "" {
@@ -84,55 +63,13 @@ func (c *Config) setDefaults() error {
 	if c.EndpointsMin < 1 || c.EndpointsMax < c.EndpointsMin || c.EndpointsMax > 100 {
 		return fmt.Errorf("bench services: endpoints per service %d-%d: want 1 <= min <= max <= 100", c.EndpointsMin, c.EndpointsMax)
 	}
-	if c.Duration == 0 {
-		c.Duration = 5 * time.Second
-	}
-	if c.Duration < 500*time.Millisecond || c.Duration > 10*time.Minute {
-		return fmt.Errorf("bench services: duration %s: want 500ms to 10m", c.Duration)
-	}
-	if c.Connections == 0 {
-		c.Connections = 1
-	}
-	if c.Connections < 1 || c.Connections > 256 {
-		return fmt.Errorf("bench services: %d connections: want 1 to 256", c.Connections)
-	}
-	if c.OutDir == "" {
-		c.OutDir = "bench-results"
-	}
-	if c.DataDir == "" {
-		dir, err := os.MkdirTemp("", "capstan-bench-")
-		if err != nil {
-			return err
-		}
-		c.DataDir = dir
-	}
-	if c.RunDir == "" {
-		c.RunDir = filepath.Join(c.DataDir, "run")
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
-	if c.Out == nil {
-		c.Out = io.Discard
-	}
-	return nil
+	return c.Options.SetDefaults("services")
 }
 
 // Report is everything one run measured; it is written as JSON beside the chart.
 type Report struct {
-	Started     time.Time     `json:"started"`
-	Machine     Machine       `json:"machine"`
-	Duration    string        `json:"measurementDuration"`
-	Connections int           `json:"connections"`
-	Modes       []*ModeReport `json:"modes"`
-}
-
-// Machine describes where the figures come from.
-type Machine struct {
-	CPUs   int    `json:"cpus"`
-	CPU    string `json:"cpu"`
-	Kernel string `json:"kernel"`
-	Memory string `json:"memory"`
+	perfcluster.RunInfo
+	Modes []*ModeReport `json:"modes"`
 }
 
 // ModeReport is one mode's figures.
@@ -169,34 +106,12 @@ type Footprint struct {
 
 // Measurement is one load-generator run.
 type Measurement struct {
-	Services int    `json:"services"`
-	Path     string `json:"path"` // e.g. "pod -> ClusterIP (cross node)"
-	Test     string `json:"test"` // stream, rr, crr
-	Result   Perf   `json:"result"`
+	Services int              `json:"services"`
+	Path     string           `json:"path"` // e.g. "pod -> ClusterIP (cross node)"
+	Test     string           `json:"test"` // stream, rr, crr
+	Result   perfcluster.Perf `json:"result"`
 	// ServerCPU is the server process's CPU seconds during the run.
 	ServerCPU float64 `json:"serverCpuS"`
-}
-
-// Perf is capstan-echo perf's JSON line.
-type Perf struct {
-	Test        string  `json:"test"`
-	Target      string  `json:"target"`
-	Connections int     `json:"connections"`
-	Size        int     `json:"size"`
-	DurationS   float64 `json:"duration_s"`
-	Ops         int64   `json:"ops"`
-	Bytes       int64   `json:"bytes"`
-	Errors      int64   `json:"errors"`
-	OpsPerS     float64 `json:"ops_per_s"`
-	BitsPerS    float64 `json:"bits_per_s"`
-	Latency     struct {
-		P50 float64 `json:"p50"`
-		P90 float64 `json:"p90"`
-		P99 float64 `json:"p99"`
-		Max float64 `json:"max"`
-	} `json:"latency_us"`
-	CPUS       float64 `json:"cpu_s"`
-	FirstError string  `json:"first_error"`
 }
 
 // Run measures every mode in turn and writes the table, JSON and SVG.
@@ -204,7 +119,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	rep := &Report{Started: time.Now().UTC(), Machine: machine(), Duration: cfg.Duration.String(), Connections: cfg.Connections}
+	rep := &Report{RunInfo: cfg.NewRunInfo()}
 	var runErr error
 	for _, mode := range cfg.Modes {
 		mr, err := runMode(ctx, cfg, mode)
@@ -223,7 +138,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 }
 
 // runMode brings a 2-node cluster up in mode, measures, and takes it down.
-func runMode(ctx context.Context, cfg Config, mode string) (_ *ModeReport, err error) {
+func runMode(ctx context.Context, cfg Config, mode string) (mr *ModeReport, err error) {
 	cc := cluster.Config{
 		Name: fmt.Sprintf("bench%04x", rand.IntN(1<<16)), DataDir: filepath.Join(cfg.DataDir, mode), RunDir: filepath.Join(cfg.RunDir, mode),
 		Nodes: 2, Mode: mode, Subnet: netip.MustParsePrefix(fmt.Sprintf("172.27.%d.0/24", 1+rand.IntN(250))),
@@ -233,38 +148,13 @@ func runMode(ctx context.Context, cfg Config, mode string) (_ *ModeReport, err e
 		cc.KubeProxy = cfg.KubeProxy
 	}
 	cfg.Log.Info("bringing a cluster up", "mode", mode, "name", cc.Name)
-	defer func() {
-		if derr := cluster.Down(context.Background(), cc); derr != nil && err == nil {
-			err = fmt.Errorf("capstan down: %w", derr)
+	err = perfcluster.With(ctx, cc, cfg.EchoBinary, func(c *perfcluster.Cluster) error {
+		w, err := newWorkload(ctx, cfg, c)
+		if err != nil {
+			return err
 		}
-	}()
-	st, err := cluster.Up(ctx, cc)
-	if err != nil {
-		return nil, err
-	}
-	w, err := newWorkload(ctx, cfg, cc, st.Nodes)
-	if err != nil {
-		return nil, err
-	}
-	return w.measure(ctx, mode)
-}
-
-func machine() Machine {
-	m := Machine{CPUs: runtime.NumCPU()}
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(data), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = strings.TrimSpace(string(data))
-	}
-	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
-		first, _, _ := strings.Cut(string(data), "\n")
-		m.Memory = strings.Join(strings.Fields(strings.TrimPrefix(first, "MemTotal:")), " ")
-	}
-	return m
+		mr, err = w.measure(ctx, mode)
+		return err
+	})
+	return mr, err
 }

@@ -7,11 +7,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/capstan-net/capstan/cluster"
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 )
 
 // run is one load-generator run: the path it measures, and how to reach it.
@@ -34,16 +34,16 @@ const (
 
 func (w *workload) runs() []run {
 	p := ":" + strconv.Itoa(perfPort)
-	np := fmt.Sprintf("%s:%d", w.nodeIPs[0], w.nodePort)
+	np := fmt.Sprintf("%s:%d", w.c.NodeIP[w.nodes[0]], w.nodePort)
 	return []run{
-		{pathDirectSame, "stream", false, w.ips["srv-a"] + p, "srv-a"},
+		{pathDirectSame, "stream", false, w.pods["srv-a"].IP + p, "srv-a"},
 		{pathCIPSame, "stream", false, w.clusterIPs["local"] + p, "srv-a"},
-		{pathDirectCross, "stream", false, w.ips["srv-b"] + p, "srv-b"},
+		{pathDirectCross, "stream", false, w.pods["srv-b"].IP + p, "srv-b"},
 		{pathCIPCross, "stream", false, w.clusterIPs["remote"] + p, "srv-b"},
 		{pathNodePort, "stream", true, np, "srv-b"},
-		{pathDirectCross, "rr", false, w.ips["srv-b"] + p, "srv-b"},
+		{pathDirectCross, "rr", false, w.pods["srv-b"].IP + p, "srv-b"},
 		{pathCIPCross, "rr", false, w.clusterIPs["remote"] + p, "srv-b"},
-		{pathDirectCross, "crr", false, w.ips["srv-b"] + p, "srv-b"},
+		{pathDirectCross, "crr", false, w.pods["srv-b"].IP + p, "srv-b"},
 		{pathCIPCross, "crr", false, w.clusterIPs["remote"] + p, "srv-b"},
 		{pathNodePort, "crr", true, np, "srv-b"},
 	}
@@ -63,20 +63,18 @@ func (w *workload) measure(ctx context.Context, mode string) (*ModeReport, error
 			mr.Programming = prog
 		}
 		for _, r := range w.runs() {
-			before := w.cpuSeconds(r.server)
-			res, err := w.perf(ctx, r.outside, r.test, r.addr)
-			if err != nil {
-				// One more try: a run is a sample, and one lost to a transient is
-				// not the figure; a second failure is.
-				w.cfg.Log.Warn("measurement failed, retrying once", "mode", mode, "services", n, "path", r.path, "test", r.test, "err", err)
-				time.Sleep(2 * time.Second)
-				before = w.cpuSeconds(r.server)
-				res, err = w.perf(ctx, r.outside, r.test, r.addr)
+			pr := perfcluster.PerfRun{Test: r.test, Addr: r.addr, Duration: w.cfg.Duration, Connections: w.cfg.Connections}
+			if r.outside {
+				pr.Netns = w.c.Config.Name + "-outside"
+			} else {
+				pr.Namespace, pr.Pod = perfNS, "client"
 			}
+			log := w.cfg.Log.With("mode", mode, "services", n, "path", r.path, "test", r.test)
+			res, cpu, err := w.c.Measure(ctx, pr, w.pods[r.server].UID, log)
 			if err != nil {
 				return nil, fmt.Errorf("%d services, %s %s: %w", n, r.path, r.test, err)
 			}
-			m := Measurement{Services: n, Path: r.path, Test: r.test, Result: res, ServerCPU: w.cpuSeconds(r.server) - before}
+			m := Measurement{Services: n, Path: r.path, Test: r.test, Result: res, ServerCPU: cpu}
 			w.cfg.Log.Info("measured", "mode", mode, "services", n, "path", r.path, "test", r.test, "ops/s", int(res.OpsPerS), "bits/s", int64(res.BitsPerS))
 			mr.Results = append(mr.Results, m)
 		}
@@ -92,8 +90,8 @@ func (w *workload) measure(ctx context.Context, mode string) (*ModeReport, error
 // footprint reads the first node's agent memory and what its mode programmed.
 func (w *workload) footprint(ctx context.Context, mode string) Footprint {
 	f := Footprint{Services: w.fillers + 1}
-	f.AgentRSS = rss(filepath.Join(w.cc.DataDir, "cluster", w.nodes[0]+".pid"))
-	f.KubeProxyRSS = rss(filepath.Join(w.cc.DataDir, "cluster", w.nodes[0]+"-kube-proxy.pid"))
+	f.AgentRSS = rss(filepath.Join(w.c.Config.DataDir, "cluster", w.nodes[0]+".pid"))
+	f.KubeProxyRSS = rss(filepath.Join(w.c.Config.DataDir, "cluster", w.nodes[0]+"-kube-proxy.pid"))
 	switch mode {
 	case "ebpf":
 		dir := filepath.Join("/sys/fs/bpf/capstan", w.nodes[0])
@@ -115,7 +113,7 @@ func (w *workload) footprint(ctx context.Context, mode string) Footprint {
 			m.Close()
 		}
 	case "iptables", "none":
-		cmd, done, err := cluster.NodeCommand(w.cc, w.nodes[0], "iptables-save")
+		cmd, done, err := cluster.NodeCommand(w.c.Config, w.nodes[0], "iptables-save")
 		if err == nil {
 			defer done()
 			if out, err := cmd.Output(); err == nil {

@@ -1,7 +1,6 @@
 package servicebench
 
 import (
-	"encoding/json"
 	"fmt"
 	"html"
 	"io"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 )
 
 // key names one figure across modes.
@@ -61,8 +62,7 @@ func modeLabel(mode string) string {
 }
 
 func writeTable(out io.Writer, rep *Report) {
-	fmt.Fprintf(out, "capstan bench services: %d CPUs (%s), kernel %s, %s; %s per run, %d connection(s)\n\n",
-		rep.Machine.CPUs, rep.Machine.CPU, rep.Machine.Kernel, rep.Machine.Memory, rep.Duration, rep.Connections)
+	fmt.Fprintf(out, "capstan bench services: %s\n\n", rep.RunInfo)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	header := "SERVICES\tPATH\tTEST"
 	for _, mr := range rep.Modes {
@@ -185,15 +185,8 @@ func targets(rep *Report) []string {
 
 // writeFiles writes results.json and chart.svg under a timestamped directory of dir.
 func writeFiles(dir string, rep *Report) error {
-	dir = filepath.Join(dir, "services-"+rep.Started.Format("20060102-150405"))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	data, err := json.MarshalIndent(rep, "", "  ")
+	dir, err := perfcluster.WriteResults(dir, "services", rep.Started, rep)
 	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "results.json"), data, 0o644); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "chart.svg"), []byte(chart(rep)), 0o644)

@@ -7,10 +7,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 )
 
-func perf(test string, ops int64, bps float64) Perf {
-	p := Perf{Test: test, Ops: ops, OpsPerS: float64(ops) / 5, BitsPerS: bps, CPUS: 1}
+func perf(test string, ops int64, bps float64) perfcluster.Perf {
+	p := perfcluster.Perf{Test: test, Ops: ops, OpsPerS: float64(ops) / 5, BitsPerS: bps, CPUS: 1}
 	p.Latency.P50, p.Latency.P90, p.Latency.P99 = 50, 80, 120
 	return p
 }
@@ -32,7 +34,7 @@ func sampleReport() *Report {
 		}
 		return mr
 	}
-	return &Report{Started: time.Date(2026, 11, 23, 1, 2, 3, 0, time.UTC), Duration: "5s", Connections: 1,
+	return &Report{RunInfo: perfcluster.RunInfo{Started: time.Date(2026, 11, 23, 1, 2, 3, 0, time.UTC), Duration: "5s", Connections: 1},
 		Modes: []*ModeReport{mk("ebpf", 0.99, 400*time.Millisecond), mk("iptables", 0.5, 3*time.Second)}}
 }
 
@@ -79,14 +81,14 @@ func TestTableAndFiles(t *testing.T) {
 func TestConfigErrors(t *testing.T) {
 	for _, c := range []Config{
 		{},
-		{Binary: "/nonexistent", EchoBinary: "/nonexistent", Images: []string{"x"}},
+		{Options: perfcluster.Options{Binary: "/nonexistent", EchoBinary: "/nonexistent", Images: []string{"x"}}},
 	} {
 		if err := c.setDefaults(); err == nil {
 			t.Errorf("%+v: want an error", c)
 		}
 	}
 	self, _ := os.Executable()
-	c := Config{Binary: self, EchoBinary: self, Images: []string{self}, Modes: []string{"ipvs"}}
+	c := Config{Options: perfcluster.Options{Binary: self, EchoBinary: self, Images: []string{self}}, Modes: []string{"ipvs"}}
 	if err := c.setDefaults(); err == nil || !strings.Contains(err.Error(), "ipvs") {
 		t.Errorf("bad mode: %v", err)
 	}

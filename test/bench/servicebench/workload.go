@@ -1,15 +1,9 @@
 package servicebench
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,18 +11,15 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
-	"github.com/capstan-net/capstan/cluster"
+	"github.com/capstan-net/capstan/test/bench/perfcluster"
 )
 
 const (
 	perfNS    = "perf" // the measured Services sort after every filler ("fill")
 	fillNS    = "fill"
-	perfPort  = 5201
-	image     = "capstan.local/echo:1.0"
+	perfPort  = perfcluster.PerfPort
 	sliceName = "moving-1"
 )
 
@@ -36,61 +27,41 @@ const (
 // client on the first node, srv-b on the second) and the measured Services.
 type workload struct {
 	cfg        Config
-	cc         cluster.Config
+	c          *perfcluster.Cluster
 	nodes      []string
-	cs         kubernetes.Interface
-	kubeconfig string
-	ips        map[string]string // pod -> IP
-	uids       map[string]string // pod -> UID
+	pods       map[string]perfcluster.Running
 	clusterIPs map[string]string // perf Service -> ClusterIP
 	nodePort   int32
-	nodeIPs    []string
 	fillers    int // filler Services installed
 }
 
-func newWorkload(ctx context.Context, cfg Config, cc cluster.Config, nodes []string) (*workload, error) {
-	w := &workload{cfg: cfg, cc: cc, nodes: nodes, kubeconfig: cluster.Kubeconfig(cc.DataDir),
-		ips: map[string]string{}, uids: map[string]string{}, clusterIPs: map[string]string{}}
-	rc, err := clientcmd.BuildConfigFromFlags("", w.kubeconfig)
-	if err != nil {
+func newWorkload(ctx context.Context, cfg Config, c *perfcluster.Cluster) (*workload, error) {
+	w := &workload{cfg: cfg, c: c, nodes: c.Nodes, clusterIPs: map[string]string{}}
+	if err := c.CreateNamespaces(ctx, perfNS, fillNS); err != nil {
 		return nil, err
 	}
-	rc.QPS, rc.Burst = 2000, 4000
-	if w.cs, err = kubernetes.NewForConfig(rc); err != nil {
-		return nil, err
-	}
-	if err := w.waitNodes(ctx); err != nil {
-		return nil, err
-	}
-	for _, ns := range []string{perfNS, fillNS} {
-		if _, err := w.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			return nil, err
-		}
-	}
+	var pods []perfcluster.Pod
 	for name, spec := range map[string]struct {
 		node string
 		args []string
 	}{
-		"srv-a":  {nodes[0], []string{"serve"}},
-		"srv-b":  {nodes[1], []string{"serve"}},
-		"client": {nodes[0], []string{"pause"}},
+		"srv-a":  {w.nodes[0], []string{"serve"}},
+		"srv-b":  {w.nodes[1], []string{"serve"}},
+		"client": {w.nodes[0], []string{"pause"}},
 	} {
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"role": name}}, Spec: corev1.PodSpec{
-			NodeName: spec.node, TerminationGracePeriodSeconds: ptr.To(int64(1)),
-			Containers: []corev1.Container{{Name: "c", Image: image, Args: spec.args}},
-		}}
-		if _, err := w.cs.CoreV1().Pods(perfNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			return nil, err
-		}
+		pods = append(pods, perfcluster.Pod{Name: name, Node: spec.node, Labels: map[string]string{"role": name}, Args: spec.args})
 	}
-	if err := w.waitPods(ctx); err != nil {
+	var err error
+	if w.pods, err = c.StartPods(ctx, perfNS, pods); err != nil {
 		return nil, err
 	}
 	// New-connection runs close from the client side, leaving it a TIME_WAIT socket per
 	// connection: without reuse the client runs out of ports to one destination after about
 	// 470 connections a second. netperf's TCP_CRR users set the same.
-	if err := w.twReuse(); err != nil {
-		return nil, err
+	for _, from := range []perfcluster.From{w.pods["client"].From(), {Netns: w.c.Config.Name + "-outside"}} {
+		if err := c.Sysctl(from, "net.ipv4.tcp_tw_reuse=1"); err != nil {
+			return nil, err
+		}
 	}
 	port := corev1.ServicePort{Name: "perf", Port: perfPort, TargetPort: intstr.FromInt32(perfPort)}
 	for name, s := range map[string]corev1.ServiceSpec{
@@ -100,7 +71,7 @@ func newWorkload(ctx context.Context, cfg Config, cc cluster.Config, nodes []str
 		// moving has a hand-written EndpointSlice the update measurement rewrites.
 		"moving": {Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 	} {
-		svc, err := w.cs.CoreV1().Services(perfNS).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: s}, metav1.CreateOptions{})
+		svc, err := c.Client.CoreV1().Services(perfNS).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: s}, metav1.CreateOptions{})
 		if err != nil {
 			return nil, err
 		}
@@ -109,7 +80,7 @@ func newWorkload(ctx context.Context, cfg Config, cc cluster.Config, nodes []str
 			w.nodePort = svc.Spec.Ports[0].NodePort
 		}
 	}
-	if _, err := w.cs.DiscoveryV1().EndpointSlices(perfNS).Create(ctx, slice(sliceName, "moving", 8080, w.ips["srv-a"]), metav1.CreateOptions{}); err != nil {
+	if _, err := c.Client.DiscoveryV1().EndpointSlices(perfNS).Create(ctx, slice(sliceName, "moving", 8080, w.pods["srv-a"].IP), metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}
 	// Everything answers before anything is measured.
@@ -137,95 +108,10 @@ func slice(name, service string, port int32, addrs ...string) *discoveryv1.Endpo
 	return s
 }
 
-func (w *workload) waitNodes(ctx context.Context) error {
-	return poll(ctx, 2*time.Minute, func() error {
-		nodes, err := w.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return err
-		}
-		w.nodeIPs = nil
-		ready := 0
-		for _, n := range nodes.Items {
-			for _, c := range n.Status.Conditions {
-				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-					ready++
-				}
-			}
-			for _, a := range n.Status.Addresses {
-				if a.Type == corev1.NodeInternalIP && n.Name == w.nodes[0] {
-					w.nodeIPs = append(w.nodeIPs, a.Address)
-				}
-			}
-		}
-		if ready < len(w.nodes) || len(w.nodeIPs) == 0 {
-			return fmt.Errorf("%d of %d nodes ready", ready, len(w.nodes))
-		}
-		return nil
-	})
-}
-
-func (w *workload) waitPods(ctx context.Context) error {
-	return poll(ctx, 2*time.Minute, func() error {
-		pods, err := w.cs.CoreV1().Pods(perfNS).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return err
-		}
-		for _, p := range pods.Items {
-			if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
-				return fmt.Errorf("pod %s is %s", p.Name, p.Status.Phase)
-			}
-			w.ips[p.Name], w.uids[p.Name] = p.Status.PodIP, string(p.UID)
-		}
-		if len(w.ips) < 3 {
-			return fmt.Errorf("%d of 3 pods running", len(w.ips))
-		}
-		return nil
-	})
-}
-
-func poll(ctx context.Context, timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// fromNode runs the host's capstan-echo as a process of the first node (its netns and
-// cgroup, so the node's socket load balancer applies), for probes that must be quick.
-func (w *workload) fromNode(ctx context.Context, args ...string) (string, error) {
-	cmd, done, err := cluster.NodeCommand(w.cc, w.nodes[0], append([]string{w.cfg.EchoBinary}, args...)...)
-	if err != nil {
-		return "", err
-	}
-	defer done()
-	out, err := cmd.CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// answers reports whether addr answers (and, if want is set, with want).
-func (w *workload) answers(ctx context.Context, addr, proto, want string) bool {
-	out, err := w.fromNode(ctx, "connect", "--protocol", proto, "--timeout", "300ms", addr)
-	return err == nil && (want == "" || out == want)
-}
-
+// untilAnswers probes from the first node (its netns and cgroup, so the node's socket load
+// balancer applies).
 func (w *workload) untilAnswers(ctx context.Context, addr, proto, want string, timeout time.Duration) error {
-	return poll(ctx, timeout, func() error {
-		if !w.answers(ctx, addr, proto, want) {
-			return fmt.Errorf("%s (%s) does not answer %q", addr, proto, want)
-		}
-		return nil
-	})
+	return w.c.UntilAnswers(ctx, perfcluster.From{Node: w.nodes[0]}, addr, proto, want, timeout)
 }
 
 // fill installs filler Services (selectorless, with EndpointSlices of EndpointsMin to
@@ -281,14 +167,14 @@ func (w *workload) fill(ctx context.Context, n int) (*Programming, error) {
 
 func (w *workload) createFiller(ctx context.Context, j int, real bool, mu *sync.Mutex, last *string) error {
 	name := fmt.Sprintf("fill-%05d", j)
-	svc, err := w.cs.CoreV1().Services(fillNS).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.ServiceSpec{
+	svc, err := w.c.Client.CoreV1().Services(fillNS).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.ServiceSpec{
 		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}}, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create service %s: %w", name, err)
 	}
 	var addrs []string
 	if real {
-		addrs = []string{w.ips["srv-a"]}
+		addrs = []string{w.pods["srv-a"].IP}
 	} else {
 		k := w.cfg.EndpointsMin + j%(w.cfg.EndpointsMax-w.cfg.EndpointsMin+1)
 		for e := 0; e < k; e++ {
@@ -296,7 +182,7 @@ func (w *workload) createFiller(ctx context.Context, j int, real bool, mu *sync.
 			addrs = append(addrs, fmt.Sprintf("10.255.%d.%d", (j*11+e)/250%250, 1+(j*11+e)%250))
 		}
 	}
-	if _, err := w.cs.DiscoveryV1().EndpointSlices(fillNS).Create(ctx, slice(name+"-1", name, 8080, addrs...), metav1.CreateOptions{}); err != nil {
+	if _, err := w.c.Client.DiscoveryV1().EndpointSlices(fillNS).Create(ctx, slice(name+"-1", name, 8080, addrs...), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create endpointslice of %s: %w", name, err)
 	}
 	if real {
@@ -309,102 +195,21 @@ func (w *workload) createFiller(ctx context.Context, j int, real bool, mu *sync.
 
 // update moves the "moving" Service from srv-a to srv-b and times until traffic follows.
 func (w *workload) update(ctx context.Context) (time.Duration, error) {
-	s, err := w.cs.DiscoveryV1().EndpointSlices(perfNS).Get(ctx, sliceName, metav1.GetOptions{})
+	s, err := w.c.Client.DiscoveryV1().EndpointSlices(perfNS).Get(ctx, sliceName, metav1.GetOptions{})
 	if err != nil {
 		return 0, err
 	}
 	target := "srv-b"
-	if s.Endpoints[0].Addresses[0] == w.ips["srv-b"] {
+	if s.Endpoints[0].Addresses[0] == w.pods["srv-b"].IP {
 		target = "srv-a"
 	}
-	s.Endpoints[0].Addresses = []string{w.ips[target]}
+	s.Endpoints[0].Addresses = []string{w.pods[target].IP}
 	start := time.Now()
-	if _, err := w.cs.DiscoveryV1().EndpointSlices(perfNS).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+	if _, err := w.c.Client.DiscoveryV1().EndpointSlices(perfNS).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		return 0, err
 	}
 	if err := w.untilAnswers(ctx, w.clusterIPs["moving"]+":80", "http", target, time.Minute); err != nil {
 		return 0, err
 	}
 	return time.Since(start), nil
-}
-
-// perf runs capstan-echo perf in the client pod (or, outside, in the outside namespace).
-func (w *workload) perf(ctx context.Context, outside bool, test, addr string) (Perf, error) {
-	args := []string{"perf", addr, "--test", test, "--duration", w.cfg.Duration.String(), "--connections", strconv.Itoa(w.cfg.Connections)}
-	var cmd *exec.Cmd
-	if outside {
-		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", w.cc.Name + "-outside", w.cfg.EchoBinary}, args...)...)
-	} else {
-		cmd = exec.CommandContext(ctx, w.cfg.Binary, append([]string{"kubectl", "-n", perfNS, "exec", "client", "--", "/capstan-echo"}, args...)...)
-		cmd.Env = append(os.Environ(), "KUBECONFIG="+w.kubeconfig)
-	}
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	runErr := cmd.Run()
-	var p Perf
-	if err := json.Unmarshal(lastLine(out.Bytes()), &p); err != nil {
-		return p, fmt.Errorf("perf %s %s: %v: %s %s", test, addr, runErr, out.String(), errOut.String())
-	}
-	if p.Ops == 0 {
-		return p, fmt.Errorf("perf %s %s: nothing got through: %s", test, addr, p.FirstError)
-	}
-	return p, nil
-}
-
-func lastLine(b []byte) []byte {
-	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
-	return lines[len(lines)-1]
-}
-
-func (w *workload) twReuse() error {
-	pid := podProcess(w.uids["client"], "pause")
-	if pid == "" {
-		return fmt.Errorf("no client process found")
-	}
-	for _, args := range [][]string{
-		{"nsenter", "--net=/proc/" + pid + "/ns/net", "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
-		{"ip", "netns", "exec", w.cc.Name + "-outside", "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			return fmt.Errorf("%v: %v: %s", args, err, out)
-		}
-	}
-	return nil
-}
-
-// podProcess finds the host pid of the process of a pod whose command line has word.
-func podProcess(uid, word string) string {
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, d := range dirs {
-		cg, err := os.ReadFile(filepath.Join(d, "cgroup"))
-		if err != nil || !strings.Contains(string(cg), "pod"+uid) {
-			continue
-		}
-		cmdline, _ := os.ReadFile(filepath.Join(d, "cmdline"))
-		if strings.Contains(string(cmdline), word) {
-			return filepath.Base(d)
-		}
-	}
-	return ""
-}
-
-// cpuSeconds is the CPU time of the serve process in a pod, read from the host.
-func (w *workload) cpuSeconds(pod string) float64 {
-	pid := podProcess(w.uids[pod], "serve")
-	if pid == "" {
-		return 0
-	}
-	stat, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command's closing parenthesis: utime and stime are 14 and 15.
-	_, rest, _ := strings.Cut(string(stat), ") ")
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
 }

@@ -104,6 +104,12 @@ type Cluster struct {
 // cluster down (as `capstan down` does) whatever happened.
 func With(ctx context.Context, cfg cluster.Config, echoBinary string, f func(*Cluster) error) (err error) {
 	defer func() {
+		// Down removes the logs with the rest; a failed run keeps them for a look.
+		if err != nil {
+			if dir, kerr := keepLogs(filepath.Join(cfg.DataDir, "cluster", "logs")); kerr == nil {
+				err = fmt.Errorf("%w (cluster logs kept in %s)", err, dir)
+			}
+		}
 		if derr := cluster.Down(context.Background(), cfg); derr != nil && err == nil {
 			err = fmt.Errorf("capstan down: %w", derr)
 		}
@@ -125,6 +131,31 @@ func With(ctx context.Context, cfg cluster.Config, echoBinary string, f func(*Cl
 		return err
 	}
 	return f(c)
+}
+
+// keepLogs copies the cluster's log files to a new temporary directory and returns it.
+func keepLogs(src string) (string, error) {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return "", err
+	}
+	dst, err := os.MkdirTemp("", "capstan-bench-logs-")
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return dst, nil
 }
 
 func (c *Cluster) waitNodes(ctx context.Context) error {

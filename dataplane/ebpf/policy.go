@@ -85,6 +85,7 @@ func (d *Datapath) SyncPolicy(st *policy.State) ([]PolicyProblem, error) {
 	wantRules := make(map[sockPolKey]sockPolVal)
 	wantPorts := make(map[sockPolPortKey]uint32)
 	usedSets := make(map[string]uint32)
+	ids := d.newSetIDs()
 	usedPolicies := make(map[types.NamespacedName]uint32)
 	owner := make(map[sockPolKey]int) // rule -> index in st.Endpoints, for problems
 	var problems []PolicyProblem
@@ -128,7 +129,7 @@ func (d *Datapath) SyncPolicy(st *policy.State) ([]PolicyProblem, error) {
 				case len(e.Ports) == 0:
 					v.PortsId = polPortsDeny
 				default:
-					v.PortsId, err = d.portSet(e.Ports, usedSets, wantPorts, policyID)
+					v.PortsId, err = d.portSet(e.Ports, ids, usedSets, wantPorts, policyID)
 				}
 				if err != nil {
 					problems = append(problems, PolicyProblem{Pod: ep.Pod, Policies: r.Policies, Err: err})
@@ -361,7 +362,7 @@ func (d *Datapath) loadPolicyMaps() error {
 
 // portSet returns the ID of the port set ports, adding its entries to want the first time
 // this sync meets it.
-func (d *Datapath) portSet(ports []policy.PortRange, used map[string]uint32, want map[sockPolPortKey]uint32,
+func (d *Datapath) portSet(ports []policy.PortRange, ids *setIDs, used map[string]uint32, want map[sockPolPortKey]uint32,
 	policyID func(types.NamespacedName) (uint32, error)) (uint32, error) {
 	var b strings.Builder
 	for _, p := range ports {
@@ -373,7 +374,7 @@ func (d *Datapath) portSet(ports []policy.PortRange, used map[string]uint32, wan
 	}
 	id, ok := d.pol.setIDs[canon]
 	if !ok {
-		id = d.newSetID(used)
+		id = ids.get()
 	}
 	used[canon] = id
 	for _, p := range ports {
@@ -395,23 +396,30 @@ func (d *Datapath) portSet(ports []policy.PortRange, used map[string]uint32, wan
 	return id, nil
 }
 
-// newSetID picks a port-set ID that neither the maps nor this sync use.
-func (d *Datapath) newSetID(used map[string]uint32) uint32 {
-	taken := make(map[uint32]bool, len(d.pol.setIDs)+len(used))
+// setIDs hands out port-set IDs that neither the maps nor this sync use. The taken set is
+// built once per sync, not once per new set: a sync may meet thousands of sets.
+type setIDs struct {
+	taken map[uint32]bool
+	next  uint32
+}
+
+func (d *Datapath) newSetIDs() *setIDs {
+	a := &setIDs{taken: make(map[uint32]bool, len(d.pol.setIDs)), next: 1}
 	for _, id := range d.pol.setIDs {
-		taken[id] = true
-	}
-	for _, id := range used {
-		taken[id] = true
+		a.taken[id] = true
 	}
 	for k := range d.pol.ports {
-		taken[k.PortsId] = true
+		a.taken[k.PortsId] = true
 	}
-	for id := uint32(1); ; id++ {
-		if !taken[id] {
-			return id
-		}
+	return a
+}
+
+func (a *setIDs) get() uint32 {
+	for a.taken[a.next] {
+		a.next++
 	}
+	a.taken[a.next] = true
+	return a.next
 }
 
 // newPolicyID picks a free counter slot and zeroes it: its last owner's counts are not this

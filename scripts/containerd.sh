@@ -13,10 +13,20 @@ pidf=$base/containerd.pid
 log=$base/containerd.log
 
 running() { [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; }
+answers() { [ -S "$sock" ] && ctr --address "$sock" version >/dev/null 2>&1; }
 
 case "${1:-start}" in
 start)
-  if running && [ -S "$sock" ]; then exit 0; fi
+  # A socket left by a killed containerd (its pid file too) refuses
+  # connections: only one that answers counts as started.
+  if running; then
+    # Ours and alive: give a busy or starting one time to answer before
+    # replacing it.
+    for _ in $(seq 1 50); do answers && exit 0; sleep 0.1; done
+    kill "$(cat "$pidf")" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$sock" "$sock.ttrpc"
   command -v containerd >/dev/null || { echo "containerd.sh: containerd is not installed (scripts/install-deps.sh)" >&2; exit 1; }
   mkdir -p "$base" "$root"
   # The CRI plugin is off: the Capstan agent is the kubelet and drives
@@ -36,7 +46,7 @@ CONF
   nohup containerd --config "$conf" >"$log" 2>&1 &
   echo $! >"$pidf"
   for _ in $(seq 1 100); do
-    if [ -S "$sock" ] && ctr --address "$sock" version >/dev/null 2>&1; then exit 0; fi
+    if answers; then exit 0; fi
     running || { echo "containerd.sh: containerd exited; log:" >&2; tail -20 "$log" >&2; exit 1; }
     sleep 0.1
   done

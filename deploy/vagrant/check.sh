@@ -221,7 +221,10 @@ elif ! command -v ip >/dev/null || ! ip netns add "vgchk-probe-$$" 2>/dev/null; 
   netns_reason="cannot make network namespaces"
 else
   ip netns del "vgchk-probe-$$"
-  if [ ! -S "$sock" ]; then
+  # A socket file alone proves nothing: one left by a containerd that has
+  # since been killed (a session that ended, a reboot without tmpfs /run)
+  # refuses connections, so ask it.
+  if ! ctr --address "$sock" version >/dev/null 2>&1; then
     if command -v containerd >/dev/null; then
       "$repo/scripts/containerd.sh" start || netns_reason="scripts/containerd.sh could not start containerd"
     else

@@ -57,7 +57,7 @@ stop)
   rm -f "$pidf"
   ;;
 status)
-  running && echo "containerd running, socket $sock" || { echo "containerd not running"; exit 1; }
+  if running && answers; then echo "containerd running, socket $sock"; else echo "containerd not running (or not answering on $sock)"; exit 1; fi
   ;;
 *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

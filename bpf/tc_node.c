@@ -107,4 +107,42 @@ int tc_tunnel_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* Conntrack garbage collection. Each flow's bpf_timer deletes it at expiry, but bpf_timer_init
+ * allocates without sleeping and fails under load (on 6.18, for most new flows at a few
+ * thousand a second), leaving flows that only a later packet of the same tuple or an LRU
+ * eviction would remove, a least-conn flow still counted against its backend. The daemon
+ * runs this program (BPF_PROG_RUN, never attached) every few seconds to remove them; its
+ * return value is how many entries it deleted. */
+struct ct_gc_state {
+	__u64 now;
+	__u32 deleted;
+};
+
+static long ct_gc_one(void *map, struct ct_key *k, struct ct_entry *e, struct ct_gc_state *c)
+{
+	struct ct_key f = {};
+
+	if (k->dir == CT_DIR_FWD) {
+		if (e->expires <= c->now) {
+			ct_delete(k, e);
+			c->deleted += 2;
+		}
+		return 0;
+	}
+	/* A reply twin lives as long as its forward entry. */
+	ct_fwd_key(k, e, &f);
+	if (!bpf_map_lookup_elem(&ct4, &f) && bpf_map_delete_elem(&ct4, k) == 0)
+		c->deleted++;
+	return 0;
+}
+
+SEC("tc")
+int ct_gc(struct __sk_buff *skb)
+{
+	struct ct_gc_state c = { .now = bpf_ktime_get_ns() };
+
+	bpf_for_each_map_elem(&ct4, ct_gc_one, &c, 0);
+	return c.deleted;
+}
+
 char _license[] SEC("license") = "Dual BSD/GPL";

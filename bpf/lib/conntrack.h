@@ -63,7 +63,8 @@ static int ct_expire(void *map, struct ct_key *key, struct ct_entry *e)
 
 	/* Traffic pushed expires forward since the timer was armed: sleep the rest. */
 	if (e->expires > now) {
-		bpf_timer_start(&e->timer, e->expires - now, 0);
+		if (bpf_timer_start(&e->timer, e->expires - now, 0) < 0)
+			stat_inc(STAT_CT_TIMER_FAIL);
 		return 0;
 	}
 	ct_delete(key, e);
@@ -97,7 +98,8 @@ static __always_inline void ct_touch(struct ct_entry *e, __u8 proto, __u8 tcp_fl
 			__sync_fetch_and_or(&e->flags, CT_F_CLOSING);
 			e->expires = now + ct_timeout_close_ns;
 			/* Pull the timer in: it was armed for the long established timeout. */
-			bpf_timer_start(&e->timer, ct_timeout_close_ns, 0);
+			if (bpf_timer_start(&e->timer, ct_timeout_close_ns, 0) < 0)
+				stat_inc(STAT_CT_TIMER_FAIL);
 		}
 		return;
 	}
@@ -135,8 +137,9 @@ static __always_inline struct ct_entry *ct_create(struct ct_key *fwd, struct ct_
 		return NULL;
 	}
 
-	bpf_timer_init(&e->timer, &ct4, CLOCK_MONOTONIC);
-	bpf_timer_set_callback(&e->timer, ct_expire);
-	bpf_timer_start(&e->timer, ct_timeout(fwd->proto, val->flags), 0);
+	if (bpf_timer_init(&e->timer, &ct4, CLOCK_MONOTONIC) < 0 ||
+	    bpf_timer_set_callback(&e->timer, ct_expire) < 0 ||
+	    bpf_timer_start(&e->timer, ct_timeout(fwd->proto, val->flags), 0) < 0)
+		stat_inc(STAT_CT_TIMER_FAIL);
 	return e;
 }

@@ -269,6 +269,13 @@ enum stat_reason {
 	STAT_TUNNEL_HOST = 3,    /* decapsulated -> the stack */
 	STAT_MASQ_NEW = 4,       /* new masqueraded flow */
 	STAT_MASQ_FAIL = 5,      /* masquerade wanted, no source address or port free */
+	STAT_SVC_SNAT_FAIL = 6,  /* service flow dropped: no SNAT port free */
+	STAT_SVC_CT_FAIL = 7,    /* service flow dropped: its conntrack entries could not be stored */
+	STAT_SVC_NAT_FAIL = 8,   /* service packet dropped: the rewrite failed */
+	STAT_SVC_FWD_FAIL = 9,   /* translated packet dropped: TTL expired or MAC rewrite failed */
+	STAT_SVC_TO_STACK = 10,  /* translated at a node device, left to the stack (no FIB route) */
+	STAT_SVC_NEW = 11,       /* new service flow */
+	STAT_CT_TIMER_FAIL = 12, /* a conntrack expiry timer could not be armed */
 };
 
 struct {
@@ -278,6 +285,14 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &reason);
+
+	if (n)
+		*n += 1; /* per-CPU: no atomics needed */
+}
 
 /* NetworkPolicy. The daemon compiles the policies selecting each local pod into LPM entries:
  * (pod, direction, peer prefix) -> the ports the peer may use, where a port set is itself an

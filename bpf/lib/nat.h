@@ -86,24 +86,46 @@ static __always_inline bool snat_port_free(struct ct_key *r)
 	return false;
 }
 
+/* SNAT port search state for bpf_loop: the candidate reply tuple and, when one is free, its
+ * port (network order). */
+struct snat_search {
+	struct ct_key r;
+	__u32 range;
+	__u16 first; /* the client's own port, tried first when it is in range */
+	__be16 port;
+};
+
+static long snat_try(__u32 i, struct snat_search *c)
+{
+	__u16 port = c->first;
+
+	if (i > 0 || port < snat_port_min || port > snat_port_max)
+		port = snat_port_min + bpf_get_prandom_u32() % c->range;
+	c->r.dport = bpf_htons(port);
+	if (!snat_port_free(&c->r))
+		return 0;
+	c->port = c->r.dport;
+	return 1;
+}
+
 /* snat_alloc picks the SNAT source port for a new flow whose entry already holds src_addr:
- * the client's own port when it is in range and free, otherwise a random free one. */
+ * the client's own port when it is in range and free, otherwise a random free one. Ports
+ * freed less than a second ago stay taken, so at a few thousand new flows a second to one
+ * backend most of the range can be busy: up to 128 tries keep a failure (a dropped SYN, a
+ * 1 s retransmit for the client) out of reach even with 90% of it taken. */
 static __always_inline int snat_alloc(struct ct_key *fwd, struct ct_entry *val)
 {
-	__u32 range = (__u32)snat_port_max - snat_port_min + 1;
-	__u16 port = bpf_ntohs(fwd->sport);
-	struct ct_key r = {};
-	int i;
+	struct snat_search c = {
+		.range = (__u32)snat_port_max - snat_port_min + 1,
+		.first = bpf_ntohs(fwd->sport),
+	};
 
-	for (i = 0; i < 16; i++) {
-		if (i > 0 || port < snat_port_min || port > snat_port_max)
-			port = snat_port_min + bpf_get_prandom_u32() % range;
-		val->src_port = bpf_htons(port);
-		ct_reply_key(fwd, val, &r);
-		if (snat_port_free(&r))
-			return 0;
-	}
-	return -1;
+	val->src_port = 0;
+	ct_reply_key(fwd, val, &c.r);
+	if (bpf_loop(128, snat_try, &c, 0) < 0 || !c.port)
+		return -1;
+	val->src_port = c.port;
+	return 0;
 }
 
 /* ttl_dec does the router's TTL decrement for packets fib_redirect forwards past the stack. */

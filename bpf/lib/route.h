@@ -5,14 +5,6 @@
 #include "nat.h"
 #include "policy.h"
 
-static __always_inline void stat_inc(__u32 reason)
-{
-	__u64 *n = bpf_map_lookup_elem(&stats, &reason);
-
-	if (n)
-		*n += 1; /* per-CPU: no atomics needed */
-}
-
 /* load_daddr reads the destination of any IPv4 packet, for routing what parse_ipv4 leaves
  * alone (ICMP, later fragments). */
 static __always_inline int load_daddr(struct __sk_buff *skb, __be32 *daddr)

@@ -69,23 +69,30 @@ static __always_inline int svc_forward(struct __sk_buff *skb, struct tuple *t, b
 		val.src_addr = nodeport ? t->daddr : snat_fallback_addr;
 		if (val.src_addr) {
 			val.flags |= CT_F_REWRITE_SRC;
-			if (snat_alloc(&k, &val) < 0)
+			if (snat_alloc(&k, &val) < 0) {
+				stat_inc(STAT_SVC_SNAT_FAIL);
 				return TC_ACT_SHOT;
+			}
 		}
 	}
 	if (s->algo == LB_LEAST_CONN)
 		val.flags |= CT_F_COUNTED;
 	e = ct_create(&k, &val);
-	if (!e)
+	if (!e) {
+		stat_inc(STAT_SVC_CT_FAIL);
 		return TC_ACT_SHOT;
+	}
+	stat_inc(STAT_SVC_NEW);
 	if (val.flags & CT_F_COUNTED)
 		conn_inc(id);
 	/* A lone RST or FIN opening a flow still closes it. */
 	ct_touch(e, t->proto, t->tcp_flags);
 
 xlate:
-	if (nat_apply(skb, t, e) < 0)
+	if (nat_apply(skb, t, e) < 0) {
+		stat_inc(STAT_SVC_NAT_FAIL);
 		return TC_ACT_SHOT;
+	}
 	if (from_node) {
 		/* A backend on this node gets the packet straight into its netns; one on another
 		 * node, in VXLAN mode, through the tunnel (the stack has no route to it). */
@@ -93,7 +100,12 @@ xlate:
 
 		if (rc >= 0)
 			return rc;
-		return fib_redirect(skb, t);
+		rc = fib_redirect(skb, t);
+		if (rc == TC_ACT_SHOT)
+			stat_inc(STAT_SVC_FWD_FAIL);
+		else if (rc == TC_ACT_OK)
+			stat_inc(STAT_SVC_TO_STACK);
+		return rc;
 	}
 	return TC_ACT_OK;
 }

@@ -137,6 +137,10 @@ func dpClient(v *viper.Viper) (kubernetes.Interface, error) {
 	if kc == "" {
 		kc = defaultKubeconfig()
 	}
+	if kc == "" {
+		// client-go would fall back to in-cluster settings and talk of KUBERNETES_MASTER.
+		return nil, errors.New("no kubeconfig found: pass --kubeconfig, set CAPSTAN_DATA_DIR to the cluster's data dir, or run capstan up; or give the pod's IP with --pin-dir")
+	}
 	rc, err := clientcmd.BuildConfigFromFlags("", kc)
 	if err != nil {
 		return nil, fmt.Errorf("load kubeconfig %q: %w", kc, err)

@@ -307,6 +307,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := registerDatapathMetrics(cfg.Registry, dp); err != nil {
 		return err
 	}
+	ctSwept := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "capstan_dataplane_conntrack_swept_total",
+		Help: "Expired conntrack entries removed by the daemon's sweep rather than their BPF timers.",
+	})
+	if err := cfg.Registry.Register(ctSwept); err != nil {
+		return fmt.Errorf("register metrics: %w", err)
+	}
 	// Health checks answer in the node's namespace, where load balancers reach the node.
 	hc := healthcheck.New(healthcheck.Config{
 		Listen: func(port uint16) (ln net.Listener, err error) {
@@ -403,6 +410,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		w.redirect = ebpfMode
 		go w.run(ctx)
 	}
+	sweepDone := make(chan struct{})
+	defer func() { <-sweepDone }() // before dp.Close
+	go func() {
+		defer close(sweepDone)
+		sweepConntrack(ctx, dp, cfg.Clock, conntrackSweepInterval, ctSwept, log)
+	}()
 	switch cfg.Routing {
 	case RoutingNative:
 		r := &nativeRouter{netns: cfg.Netns, nodes: nodeInf.Lister(), self: cfg.NodeName, log: log}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -37,10 +38,14 @@ func OpenPinned(pinDir string) (_ *Pinned, err error) {
 			p.Close()
 		}
 	}()
+	if _, err := os.Stat(pinDir); err != nil {
+		return nil, fmt.Errorf("no dataplane maps in %s: is the dataplane running there? (%w)", pinDir, err)
+	}
 	for _, name := range pinnedNames() {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		path := filepath.Join(pinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
-			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+			return nil, fmt.Errorf("open pinned map %s: %w", path, err)
 		}
 		p.maps[name] = m
 	}

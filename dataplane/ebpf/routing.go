@@ -293,10 +293,17 @@ var counterNames = [...]string{
 	"tunnel_host",     // decapsulated -> the stack
 	"masquerade_new",  // new masqueraded flow
 	"masquerade_fail", // masquerade wanted, but no source address or port was free
+	"svc_snat_fail",   // service flow dropped: no SNAT port free
+	"svc_ct_fail",     // service flow dropped: its conntrack entries could not be stored
+	"svc_nat_fail",    // service packet dropped: the rewrite failed
+	"svc_fwd_fail",    // translated packet dropped: TTL expired or MAC rewrite failed
+	"svc_to_stack",    // translated at a node device, left to the stack (no FIB route)
+	"svc_new",         // new service flow (tc path; the socket LB translates at connect)
+	"ct_timer_fail",   // a conntrack expiry timer could not be armed
 }
 
-// Counters returns the packet counters the programs keep, by reason (summed over CPUs):
-// redirect_peer, tunnel_encap, tunnel_deliver, tunnel_host, masquerade_new, masquerade_fail.
+// Counters returns the packet counters the programs keep, by reason (summed over CPUs), named
+// as in counterNames.
 func (d *Datapath) Counters() (map[string]uint64, error) {
 	return readCounters(d.sock.Stats)
 }

@@ -414,3 +414,57 @@ func TestSessionAffinity(t *testing.T) {
 		t.Fatal("affinity never expired")
 	}
 }
+
+// TestConntrackSweep covers flows whose expiry timer never armed (bpf_timer_init fails under
+// load): the sweep deletes them with their reply twins, gives back their least-conn count,
+// removes reply entries left alone, and keeps live flows.
+func TestConntrackSweep(t *testing.T) {
+	ifindex := enterTestNetns(t)
+	d := newTestDatapath(t, testConfig())
+	mustUpsert(t, d, Service{ServiceKey: ServiceKey{Addr: vip, Port: 53, Proto: UDP}, Algorithm: LeastConn}, be1)
+
+	dead := packet{src: netip.AddrPortFrom(clientIP, 7100), dst: netip.AddrPortFrom(vip, 53), proto: UDP}
+	live := packet{src: netip.AddrPortFrom(clientIP, 7101), dst: netip.AddrPortFrom(vip, 53), proto: UDP}
+	run(t, d, "pod-in", ifindex, dead)
+	run(t, d, "pod-in", ifindex, live)
+	if n := conns(t, d, be1, UDP); n != 2 {
+		t.Fatalf("least-conn count %d, want 2", n)
+	}
+	// Rewriting the forward entry from userspace replaces the element: the new one has no
+	// armed timer, like a flow whose bpf_timer_init failed. Its expiry is in the past.
+	k := sockCtKey{Saddr: addrU32(clientIP), Daddr: addrU32(vip), Sport: portBE(7100), Dport: portBE(53), Proto: uint8(UDP)}
+	var v sockCtEntry
+	if err := d.sock.Ct4.Lookup(&k, &v); err != nil {
+		t.Fatalf("forward entry of the flow: %v", err)
+	}
+	v.Expires = 1
+	if err := d.sock.Ct4.Update(&k, &v, 0); err != nil {
+		t.Fatal(err)
+	}
+	// A reply entry whose forward entry is gone.
+	orphan := sockCtKey{Saddr: addrU32(be2.Addr), Daddr: addrU32(clientIP), Sport: portBE(be2.Port), Dport: portBE(7200), Proto: uint8(TCP), Dir: 1}
+	ov := sockCtEntry{SrcAddr: addrU32(vip), SrcPort: portBE(80), Flags: ctFlagRewriteSrc}
+	if err := d.sock.Ct4.Update(&orphan, &ov, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := ctEntries(t, d); n != 5 {
+		t.Fatalf("%d entries before the sweep, want 5", n)
+	}
+
+	n, err := d.SweepConntrack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Fatalf("sweep deleted %d entries, want 3 (the dead flow's two and the orphan)", n)
+	}
+	if n := ctEntries(t, d); n != 2 {
+		t.Fatalf("%d entries after the sweep, want the live flow's 2", n)
+	}
+	if n := conns(t, d, be1, UDP); n != 1 {
+		t.Fatalf("least-conn count %d after the sweep, want the live flow's 1", n)
+	}
+	if n, err := d.SweepConntrack(); err != nil || n != 0 {
+		t.Fatalf("second sweep: deleted %d, err %v; want nothing", n, err)
+	}
+}

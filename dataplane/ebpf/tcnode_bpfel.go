@@ -40,6 +40,7 @@ const (
 	tcNodeMapStats              = "stats"
 	tcNodeMapSvcSlots           = "svc_slots"
 	tcNodeMapTunnelRoutes       = "tunnel_routes"
+	tcNodeProgCtGc              = "ct_gc"
 	tcNodeProgTcNodeEgress      = "tc_node_egress"
 	tcNodeProgTcNodeIngress     = "tc_node_ingress"
 	tcNodeProgTcTunnelEgress    = "tc_tunnel_egress"
@@ -105,6 +106,7 @@ type tcNodeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcNodeProgramSpecs struct {
+	CtGc            *ebpf.ProgramSpec `ebpf:"ct_gc"`
 	TcNodeEgress    *ebpf.ProgramSpec `ebpf:"tc_node_egress"`
 	TcNodeIngress   *ebpf.ProgramSpec `ebpf:"tc_node_ingress"`
 	TcTunnelEgress  *ebpf.ProgramSpec `ebpf:"tc_tunnel_egress"`
@@ -266,6 +268,7 @@ type tcNodeVariables struct {
 //
 // It can be passed to loadTcNodeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcNodePrograms struct {
+	CtGc            *ebpf.Program `ebpf:"ct_gc"`
 	TcNodeEgress    *ebpf.Program `ebpf:"tc_node_egress"`
 	TcNodeIngress   *ebpf.Program `ebpf:"tc_node_ingress"`
 	TcTunnelEgress  *ebpf.Program `ebpf:"tc_tunnel_egress"`
@@ -274,6 +277,7 @@ type tcNodePrograms struct {
 
 func (p *tcNodePrograms) Close() error {
 	return _TcNodeClose(
+		p.CtGc,
 		p.TcNodeEgress,
 		p.TcNodeIngress,
 		p.TcTunnelEgress,

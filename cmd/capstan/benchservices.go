@@ -32,6 +32,7 @@ build of capstan-echo (make bench builds both).`,
 					ServiceCounts: v.GetIntSlice("services"),
 					EndpointsMin:  v.GetInt("endpoints-min"),
 					EndpointsMax:  v.GetInt("endpoints-max"),
+					Repeat:        v.GetInt("repeat"),
 				})
 				return err
 			})
@@ -44,5 +45,6 @@ build of capstan-echo (make bench builds both).`,
 	f.IntSlice("services", []int{1, 1000, 10000}, "Service counts to measure at (the measured Services are last in any ordered list)")
 	f.Int("endpoints-min", 2, "fewest endpoints per filler Service")
 	f.Int("endpoints-max", 10, "most endpoints per filler Service")
+	f.Int("repeat", 3, "runs of each measurement, taking turns with the other paths; the table shows the median")
 	return cmd
 }

@@ -29,6 +29,10 @@ type Config struct {
 	ServiceCounts []int
 	// Endpoints per filler Service are drawn from [EndpointsMin, EndpointsMax].
 	EndpointsMin, EndpointsMax int
+	// Repeat is how many times each figure is measured; the table shows the median run.
+	// The paths take turns, so a slow spell of the shared machine touches every row alike
+	// instead of the few measured during it.
+	Repeat int
 }
 
 func (c *Config) setDefaults() error {
@@ -63,13 +67,21 @@ func (c *Config) setDefaults() error {
 	if c.EndpointsMin < 1 || c.EndpointsMax < c.EndpointsMin || c.EndpointsMax > 100 {
 		return fmt.Errorf("bench services: endpoints per service %d-%d: want 1 <= min <= max <= 100", c.EndpointsMin, c.EndpointsMax)
 	}
+	if c.Repeat == 0 {
+		c.Repeat = 3
+	}
+	if c.Repeat < 1 || c.Repeat > 20 {
+		return fmt.Errorf("bench services: repeat %d: want 1 to 20", c.Repeat)
+	}
 	return c.Options.SetDefaults("services")
 }
 
 // Report is everything one run measured; it is written as JSON beside the chart.
 type Report struct {
 	perfcluster.RunInfo
-	Modes []*ModeReport `json:"modes"`
+	// Repeat is how many runs each figure had; the results are their medians.
+	Repeat int           `json:"repeat"`
+	Modes  []*ModeReport `json:"modes"`
 }
 
 // ModeReport is one mode's figures.
@@ -112,6 +124,9 @@ type Measurement struct {
 	Result   perfcluster.Perf `json:"result"`
 	// ServerCPU is the server process's CPU seconds during the run.
 	ServerCPU float64 `json:"serverCpuS"`
+	// Runs is the figure of every run (bits/s for stream, operations/s otherwise), in the
+	// order measured; Result is the median one's.
+	Runs []float64 `json:"runs,omitempty"`
 }
 
 // Run measures every mode in turn and writes the table, JSON and SVG.
@@ -119,7 +134,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	rep := &Report{RunInfo: cfg.NewRunInfo()}
+	rep := &Report{RunInfo: cfg.NewRunInfo(), Repeat: cfg.Repeat}
 	var runErr error
 	for _, mode := range cfg.Modes {
 		mr, err := runMode(ctx, cfg, mode)

@@ -1,10 +1,12 @@
 package servicebench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -62,21 +64,19 @@ func (w *workload) measure(ctx context.Context, mode string) (*ModeReport, error
 			w.cfg.Log.Info("services installed", "mode", mode, "services", n, "writes", prog.Writes, "then answering after", prog.AfterLastWrite)
 			mr.Programming = prog
 		}
-		for _, r := range w.runs() {
-			pr := perfcluster.PerfRun{Test: r.test, Addr: r.addr, Duration: w.cfg.Duration, Connections: w.cfg.Connections}
-			if r.outside {
-				pr.Netns = w.c.Config.Name + "-outside"
-			} else {
-				pr.Namespace, pr.Pod = perfNS, "client"
+		runs := w.runs()
+		samples := make([][]Measurement, len(runs))
+		for rep := range w.cfg.Repeat {
+			for i, r := range runs {
+				m, err := w.measureOne(ctx, mode, n, r)
+				if err != nil {
+					return nil, fmt.Errorf("%d services, %s %s (run %d): %w", n, r.path, r.test, rep+1, err)
+				}
+				samples[i] = append(samples[i], m)
 			}
-			log := w.cfg.Log.With("mode", mode, "services", n, "path", r.path, "test", r.test)
-			res, cpu, err := w.c.Measure(ctx, pr, w.pods[r.server].UID, log)
-			if err != nil {
-				return nil, fmt.Errorf("%d services, %s %s: %w", n, r.path, r.test, err)
-			}
-			m := Measurement{Services: n, Path: r.path, Test: r.test, Result: res, ServerCPU: cpu}
-			w.cfg.Log.Info("measured", "mode", mode, "services", n, "path", r.path, "test", r.test, "ops/s", int(res.OpsPerS), "bits/s", int64(res.BitsPerS))
-			mr.Results = append(mr.Results, m)
+		}
+		for _, ms := range samples {
+			mr.Results = append(mr.Results, median(ms))
 		}
 	}
 	var err error
@@ -85,6 +85,45 @@ func (w *workload) measure(ctx context.Context, mode string) (*ModeReport, error
 	}
 	mr.Footprint = w.footprint(ctx, mode)
 	return mr, nil
+}
+
+// measureOne runs the load generator once on r.
+func (w *workload) measureOne(ctx context.Context, mode string, n int, r run) (Measurement, error) {
+	pr := perfcluster.PerfRun{Test: r.test, Addr: r.addr, Duration: w.cfg.Duration, Connections: w.cfg.Connections}
+	if r.outside {
+		pr.Netns = w.c.Config.Name + "-outside"
+	} else {
+		pr.Namespace, pr.Pod = perfNS, "client"
+	}
+	log := w.cfg.Log.With("mode", mode, "services", n, "path", r.path, "test", r.test)
+	res, cpu, err := w.c.Measure(ctx, pr, w.pods[r.server].UID, log)
+	if err != nil {
+		return Measurement{}, err
+	}
+	w.cfg.Log.Info("measured", "mode", mode, "services", n, "path", r.path, "test", r.test, "ops/s", int(res.OpsPerS), "bits/s", int64(res.BitsPerS))
+	return Measurement{Services: n, Path: r.path, Test: r.test, Result: res, ServerCPU: cpu}, nil
+}
+
+// figure is what a run is ranked by: throughput for stream, the operation rate otherwise.
+func figure(m Measurement) float64 {
+	if m.Test == "stream" {
+		return m.Result.BitsPerS
+	}
+	return m.Result.OpsPerS
+}
+
+// median returns the run with the median figure (the lower middle one of an even count),
+// whole, so its latencies and CPU go with it, and every run's figure in Runs.
+func median(ms []Measurement) Measurement {
+	figs := make([]float64, len(ms))
+	for i, m := range ms {
+		figs[i] = figure(m)
+	}
+	sorted := slices.Clone(ms)
+	slices.SortStableFunc(sorted, func(a, b Measurement) int { return cmp.Compare(figure(a), figure(b)) })
+	m := sorted[(len(sorted)-1)/2]
+	m.Runs = figs
+	return m
 }
 
 // footprint reads the first node's agent memory and what its mode programmed.

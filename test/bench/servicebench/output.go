@@ -62,7 +62,7 @@ func modeLabel(mode string) string {
 }
 
 func writeTable(out io.Writer, rep *Report) {
-	fmt.Fprintf(out, "capstan bench services: %s\n\n", rep.RunInfo)
+	fmt.Fprintf(out, "capstan bench services: %s; median of %d run(s) each\n\n", rep.RunInfo, max(rep.Repeat, 1))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	header := "SERVICES\tPATH\tTEST"
 	for _, mr := range rep.Modes {

@@ -258,8 +258,7 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	if err := atomicfile.Write(Kubeconfig(cfg.DataDir), data, 0o600); err != nil {
 		return nil, err
 	}
-	tok, err := os.ReadFile(token)
-	if err != nil {
+	if _, err := os.Stat(token); err != nil {
 		return nil, err
 	}
 	for i, node := range st.Nodes {
@@ -276,7 +275,8 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 		}
 		args := []string{"nsenter", "--net=/run/netns/" + ns, cfg.Binary, "agent",
 			"--server", "https://" + cfg.hostIP() + ":" + strconv.Itoa(cfg.Port),
-			"--token", strings.TrimSpace(string(tok)), "--ca-file", filepath.Join(serverDir, "pki", "ca.crt"),
+			// From the file: a token on the command line shows in every ps listing.
+			"--token-file", token, "--ca-file", filepath.Join(serverDir, "pki", "ca.crt"),
 			"--node-name", node, "--node-ip", cfg.nodeIP(i),
 			"--data-dir", cfg.DataDir, "--run-dir", cfg.RunDir,
 			"--cni-conf-dir", filepath.Join(cfg.DataDir, "nodes", node, "cni"),

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -57,11 +59,15 @@ func newAgentCmd() *cobra.Command {
 			// A capstan-cni next to this binary (as `make build` leaves
 			// it) is found even when it is not installed.
 			binDirs = append(binDirs, filepath.Dir(self))
+			token, err := joinToken(v.GetString("token"), v.GetString("token-file"))
+			if err != nil {
+				return err
+			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			return agent.Run(ctx, agent.Config{
 				Server:              v.GetString("server"),
-				Token:               v.GetString("token"),
+				Token:               token,
 				CAFile:              v.GetString("ca-file"),
 				Insecure:            v.GetBool("insecure-skip-ca-verification"),
 				NodeName:            v.GetString("node-name"),
@@ -81,6 +87,7 @@ func newAgentCmd() *cobra.Command {
 				DataplaneConfig: daemon.Config{
 					PinDir:           v.GetString("bpf-pin-dir"),
 					Devices:          v.GetStringSlice("dataplane-devices"),
+					CgroupDir:        v.GetString("dataplane-cgroup"),
 					DefaultAlgorithm: v.GetString("lb-algorithm"),
 					MetricsAddr:      v.GetString("dataplane-metrics-addr"),
 					Routing:          v.GetString("routing"),
@@ -102,6 +109,7 @@ func newAgentCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.String("server", "", "API server URL (https://host:port)")
 	f.String("token", "", "join token (the server's data dir has it in join-token); needed only for the first start")
+	f.String("token-file", "", "file holding the join token, instead of --token (which any ps listing shows)")
 	f.String("ca-file", "", "cluster CA certificate to trust the server with when joining")
 	f.Bool("insecure-skip-ca-verification", false, "join without verifying the server's certificate (trust on first use)")
 	f.String("node-name", "", "node name (default: the hostname)")
@@ -119,6 +127,7 @@ func newAgentCmd() *cobra.Command {
 	f.Bool("dataplane", true, "run the node's eBPF dataplane (services, NodePort, pod programs) in the agent")
 	f.String("bpf-pin-dir", "", "bpf filesystem directory for the dataplane's maps and links (default /sys/fs/bpf/capstan/<node>)")
 	f.StringSlice("dataplane-devices", []string{"eth0"}, "node devices that get the NodePort programs")
+	f.String("dataplane-cgroup", "", "cgroup v2 directory the socket load balancer attaches to (default: the node's own subtree, its pods; /sys/fs/cgroup on a node of its own gives the host's processes ClusterIPs too)")
 	f.String("lb-algorithm", "random", "default Service load-balancing algorithm: random, round-robin, least-conn, source-hash")
 	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules, for comparison) or none (an external kube-proxy)")
 	f.String("routing", "native", "how pods reach other nodes' pods: native (a route per node) or vxlan")
@@ -147,4 +156,23 @@ func newLogDriverCmd() *cobra.Command {
 			return logs.DriverMain(args)
 		},
 	}
+}
+
+// joinToken is the token given directly or read from file; giving both is an error.
+func joinToken(token, file string) (string, error) {
+	if file == "" {
+		return token, nil
+	}
+	if token != "" {
+		return "", errors.New("--token and --token-file: give one")
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	t := strings.TrimSpace(string(data))
+	if t == "" {
+		return "", fmt.Errorf("--token-file %s: empty", file)
+	}
+	return t, nil
 }

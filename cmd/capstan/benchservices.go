@@ -24,6 +24,9 @@ under --out. Needs root, containerd (scripts/containerd.sh start), the test imag
 build of capstan-echo (make bench builds both).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if from, _ := cmd.Flags().GetString("from"); from != "" {
+				return servicebench.Reprint(cmd.OutOrStdout(), from)
+			}
 			return runClusterBench(cmd, func(ctx context.Context, v *viper.Viper, opts perfcluster.Options) error {
 				_, err := servicebench.Run(ctx, servicebench.Config{
 					Options:       opts,
@@ -45,6 +48,7 @@ build of capstan-echo (make bench builds both).`,
 	f.IntSlice("services", []int{1, 1000, 10000}, "Service counts to measure at (the measured Services are last in any ordered list)")
 	f.Int("endpoints-min", 2, "fewest endpoints per filler Service")
 	f.Int("endpoints-max", 10, "most endpoints per filler Service")
+	f.String("from", "", "print the table and target checks of an earlier run's results.json instead of measuring")
 	f.Int("repeat", 3, "runs of each measurement, taking turns with the other paths; the table shows the median")
 	return cmd
 }

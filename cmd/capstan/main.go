@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -74,8 +75,34 @@ func loadConfig(cmd *cobra.Command) (*viper.Viper, error) {
 		if err := v.ReadInConfig(); err != nil {
 			return nil, fmt.Errorf("read config %s: %w", path, err)
 		}
+		if err := checkConfigKeys(cmd, path); err != nil {
+			return nil, err
+		}
 	}
 	return v, nil
+}
+
+// checkConfigKeys refuses a config file key that is none of the command's flags: viper
+// would ignore it, and a misspelt setting would silently keep its default.
+func checkConfigKeys(cmd *cobra.Command, path string) error {
+	fv := viper.New()
+	fv.SetConfigFile(path)
+	fv.SetConfigType("yaml")
+	if err := fv.ReadInConfig(); err != nil {
+		return fmt.Errorf("read config %s: %w", path, err)
+	}
+	var unknown []string
+	for k := range fv.AllSettings() {
+		if cmd.Flags().Lookup(k) == nil {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return fmt.Errorf("config %s: unknown key(s) %s: the keys are the flags of %q (see --help)",
+			path, strings.Join(unknown, ", "), cmd.CommandPath())
+	}
+	return nil
 }
 
 // setup reads a command's configuration and makes its logger.

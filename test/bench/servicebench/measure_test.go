@@ -28,3 +28,18 @@ func TestMedian(t *testing.T) {
 		t.Fatalf("median of two %v, want the lower", got.Result.OpsPerS)
 	}
 }
+
+func TestPairedRatio(t *testing.T) {
+	s := Measurement{Test: "stream", Runs: []float64{11.05, 12.01, 13.86}}
+	d := Measurement{Test: "stream", Runs: []float64{11.54, 13.45, 13.59}}
+	s.Result.BitsPerS, d.Result.BitsPerS = 12.01, 13.45
+	r, pairs := pairedRatio(s, d)
+	// Back-to-back pairs 0.958, 0.893, 1.020: the median pair, not 12.01/13.45 = 0.893.
+	if r < 0.957 || r > 0.958 || len(pairs) != 3 {
+		t.Fatalf("paired ratio %.4f %v, want 0.9575 from 3 pairs", r, pairs)
+	}
+	s.Runs, d.Runs = nil, nil
+	if r, pairs := pairedRatio(s, d); pairs != nil || r < 0.892 || r > 0.894 {
+		t.Fatalf("single runs: %.4f %v, want the figures' ratio 0.893", r, pairs)
+	}
+}

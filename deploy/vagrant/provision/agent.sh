@@ -54,6 +54,10 @@ write_file 0644 "$etc_dir/ca.crt" <"$CAPSTAN_VM_SECRETS/ca.crt"
 
 image_list=
 for i in "${images[@]}"; do image_list+="${image_list:+, }$(yaml_str "$i")"; done
+optional=
+if [ -n "$CAPSTAN_VM_DATAPLANE_CGROUP" ]; then
+  optional+="dataplane-cgroup: $(yaml_str "$CAPSTAN_VM_DATAPLANE_CGROUP")"
+fi
 # Keys are `capstan agent` flag names (--config). The token is needed for
 # the first start only (the node keeps its certificates), hence mode 0600.
 write_file 0600 "$etc_dir/agent.yaml" <<EOF
@@ -75,6 +79,7 @@ mode: $(yaml_str "$CAPSTAN_VM_MODE")
 cluster-cidr: $(yaml_str "$CAPSTAN_VM_CLUSTER_CIDR")
 service-cidr: $(yaml_str "$CAPSTAN_VM_SERVICE_CIDR")
 log-level: $(yaml_str "$CAPSTAN_VM_LOG_LEVEL")
+${optional}
 EOF
 # Pods are containerd's (their shims live in containerd's cgroup), so
 # stopping or restarting the agent leaves them running, as with a kubelet.

@@ -23,6 +23,9 @@
 #   CAPSTAN_VM_DEVICE    node device for NodePort programs (default: the one holding NODE_IP)
 #   CAPSTAN_VM_CONTAINERD_SOCKET, CAPSTAN_VM_ROUTING, CAPSTAN_VM_MODE,
 #   CAPSTAN_VM_CLUSTER_CIDR, CAPSTAN_VM_SERVICE_CIDR, CAPSTAN_VM_LOG_LEVEL
+#   CAPSTAN_VM_DATAPLANE_CGROUP  cgroup v2 directory of the socket load balancer
+#                        (default /sys/fs/cgroup: the VM's own processes reach
+#                        ClusterIPs too, as with kube-proxy; empty: pods only)
 
 : "${CAPSTAN_VM_ROOT:=}"
 # With a root, nothing outside it is touched unless asked for.
@@ -44,6 +47,8 @@ fi
 : "${CAPSTAN_VM_CLUSTER_CIDR:=10.244.0.0/16}"
 : "${CAPSTAN_VM_SERVICE_CIDR:=10.96.0.0/16}"
 : "${CAPSTAN_VM_LOG_LEVEL:=info}"
+# "=" not ":=": set and empty means the agent's default, its pods' subtree.
+: "${CAPSTAN_VM_DATAPLANE_CGROUP=/sys/fs/cgroup}"
 
 # Paths on the node, all under CAPSTAN_VM_ROOT.
 vm_root=${CAPSTAN_VM_ROOT%/}

@@ -59,6 +59,12 @@ func newAgentCmd() *cobra.Command {
 			// A capstan-cni next to this binary (as `make build` leaves
 			// it) is found even when it is not installed.
 			binDirs = append(binDirs, filepath.Dir(self))
+			var snatAddr netip.Addr
+			if s := v.GetString("snat-addr"); s != "" {
+				if snatAddr, err = netip.ParseAddr(s); err != nil || !snatAddr.Is4() {
+					return fmt.Errorf("--snat-addr %q: want an IPv4 address", s)
+				}
+			}
 			token, err := joinToken(v.GetString("token"), v.GetString("token-file"))
 			if err != nil {
 				return err
@@ -88,6 +94,7 @@ func newAgentCmd() *cobra.Command {
 					PinDir:           v.GetString("bpf-pin-dir"),
 					Devices:          v.GetStringSlice("dataplane-devices"),
 					CgroupDir:        v.GetString("dataplane-cgroup"),
+					SNATAddr:         snatAddr,
 					DefaultAlgorithm: v.GetString("lb-algorithm"),
 					MetricsAddr:      v.GetString("dataplane-metrics-addr"),
 					Routing:          v.GetString("routing"),
@@ -127,6 +134,7 @@ func newAgentCmd() *cobra.Command {
 	f.Bool("dataplane", true, "run the node's eBPF dataplane (services, NodePort, pod programs) in the agent")
 	f.String("bpf-pin-dir", "", "bpf filesystem directory for the dataplane's maps and links (default /sys/fs/bpf/capstan/<node>)")
 	f.StringSlice("dataplane-devices", []string{"eth0"}, "node devices that get the NodePort programs")
+	f.String("snat-addr", "", "source address for externalIP and load-balancer traffic forwarded to another node's backend (default: the first --node-ip)")
 	f.String("dataplane-cgroup", "", "cgroup v2 directory the socket load balancer attaches to (default: the node's own subtree, its pods; /sys/fs/cgroup on a node of its own gives the host's processes ClusterIPs too)")
 	f.String("lb-algorithm", "random", "default Service load-balancing algorithm: random, round-robin, least-conn, source-hash")
 	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules, for comparison) or none (an external kube-proxy)")

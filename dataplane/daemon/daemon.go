@@ -80,7 +80,10 @@ type Config struct {
 	ServiceEntries int
 	BackendEntries int
 	Connections    int
-	SNATAddr       netip.Addr
+	// SNATAddr is the source of traffic reaching an externalIP or load-balancer IP from a
+	// node device, bound for a backend on another node: replies must come back through
+	// this node. It defaults to the first IPv4 address of NodeAddrs.
+	SNATAddr netip.Addr
 	// NetworkPolicy map sizes (pods isolated, peer-prefix entries, port entries); zero takes
 	// ebpf's defaults. A policy that does not fit gets a PolicyMapFull event.
 	PolicyEndpoints, PolicyRules, PolicyPorts int
@@ -177,6 +180,17 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("create client: %w", err)
 	}
 
+	if !cfg.SNATAddr.IsValid() {
+		for _, a := range cfg.NodeAddrs {
+			if a.Is4() {
+				cfg.SNATAddr = a
+				break
+			}
+		}
+		if !cfg.SNATAddr.IsValid() && len(cfg.Devices) > 0 {
+			log.Warn("no SNAT address (--snat-addr or node addresses): externalIP and load-balancer traffic to backends on other nodes will get no reply")
+		}
+	}
 	ecfg := ebpf.Config{
 		PinDir:         cfg.PinDir,
 		MaglevSeed:     cfg.MaglevSeed,

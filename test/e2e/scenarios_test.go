@@ -100,6 +100,7 @@ func serviceScenarios() []scenario {
 			}
 		}},
 		{"NodePort forwards segments above the MTU to another node's backend", nil, largeNodePort},
+		{"externalIP from outside, entering every node, to one backend", nil, externalIP},
 		{"externalTrafficPolicy Local: local endpoints only, client IP kept", nil, func(t *testing.T, e *env) {
 			port := e.nodePort(t, "echo-local")
 			onNode := map[string][]string{}
@@ -307,6 +308,47 @@ func largeNodePort(t *testing.T, e *env) {
 			out, err := exec.Command("ip", "netns", "exec", e.cfg.Name+"-outside", e.echo, "perf", addr, "--test", "rr", "--size", "20000", "--duration", "1s").CombinedOutput()
 			if err != nil || !strings.Contains(string(out), `"errors":0,`) || strings.Contains(string(out), `"ops":0,`) {
 				return fmt.Errorf("%s (%s, backend on %s): %v %s", addr, node, pod.Spec.NodeName, err, out)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// externalIP sends outside clients to a Service's externalIP through each node in turn
+// (a /32 route in the outside namespace), with its one backend on one node: entering any
+// other node, the traffic must be SNATed there so that the reply comes back the same way.
+func externalIP(t *testing.T, e *env) {
+	ctx := context.Background()
+	pod := e.echoPods(t)[0]
+	if _, err := e.cs.CoreV1().Pods(e.ns).Patch(ctx, pod.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"ext":"one"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ext := e.cfg.Subnet.Addr().As4()
+	ext[3] = 200 // on no interface: only the route below leads to it
+	extIP := netip.AddrFrom4(ext).String()
+	outsideNS := e.cfg.Name + "-outside"
+	t.Cleanup(func() {
+		exec.Command("ip", "-n", outsideNS, "route", "del", extIP+"/32").Run()
+		e.cs.CoreV1().Pods(e.ns).Patch(ctx, pod.Name, "application/merge-patch+json", []byte(`{"metadata":{"labels":{"ext":null}}}`), metav1.PatchOptions{})
+		e.cs.CoreV1().Services(e.ns).Delete(ctx, "echo-ext", metav1.DeleteOptions{})
+	})
+	if _, err := e.cs.CoreV1().Services(e.ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "echo-ext"}, Spec: corev1.ServiceSpec{
+		Selector: map[string]string{"app": "echo", "ext": "one"}, ExternalIPs: []string{extIP},
+		Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEndpoints(t, "echo-ext", 1)
+	for node, ip := range e.nodeIPs {
+		if out, err := exec.Command("ip", "-n", outsideNS, "route", "replace", extIP+"/32", "via", ip).CombinedOutput(); err != nil {
+			t.Fatalf("route %s via %s: %v %s", extIP, ip, err, out)
+		}
+		url := "http://" + extIP + "/hostname"
+		if err := eventually(20*time.Second, func() error {
+			out, err := e.outside(url)
+			if err != nil || out != pod.Name {
+				return fmt.Errorf("%s entering %s (backend on %s): %v %q, want %s", url, node, pod.Spec.NodeName, err, out, pod.Name)
 			}
 			return nil
 		}); err != nil {

@@ -123,8 +123,10 @@ static long ct_gc_one(void *map, struct ct_key *k, struct ct_entry *e, struct ct
 	struct ct_key f = {};
 
 	if (k->dir == CT_DIR_FWD) {
-		if (e->expires <= c->now)
-			c->deleted += ct_delete(k, e);
+		if (e->expires <= c->now) {
+			ct_delete(k, e);
+			c->deleted += 2;
+		}
 		return 0;
 	}
 	/* A reply twin lives as long as its forward entry. */

@@ -47,14 +47,14 @@ static __always_inline void ct_uncount(struct ct_entry *e)
 		conn_dec(e->backend_id);
 }
 
-/* ct_delete removes a flow's two entries and returns how many were there. */
-static __always_inline int ct_delete(struct ct_key *fwd, struct ct_entry *e)
+static __always_inline void ct_delete(struct ct_key *fwd, struct ct_entry *e)
 {
 	struct ct_key r = {};
 
 	ct_uncount(e);
 	ct_reply_key(fwd, e, &r);
-	return (bpf_map_delete_elem(&ct4, &r) == 0) + (bpf_map_delete_elem(&ct4, fwd) == 0);
+	bpf_map_delete_elem(&ct4, &r);
+	bpf_map_delete_elem(&ct4, fwd);
 }
 
 static int ct_expire(void *map, struct ct_key *key, struct ct_entry *e)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
@@ -27,9 +26,6 @@ build of capstan-echo (make bench builds both).`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if from, _ := cmd.Flags().GetString("from"); from != "" {
 				return servicebench.Reprint(cmd.OutOrStdout(), from)
-			}
-			if n, _ := cmd.Flags().GetInt("repeat"); n < 1 {
-				return fmt.Errorf("--repeat %d: want 1 or more runs per measurement", n)
 			}
 			return runClusterBench(cmd, func(ctx context.Context, v *viper.Viper, opts perfcluster.Options) error {
 				_, err := servicebench.Run(ctx, servicebench.Config{

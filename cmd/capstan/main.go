@@ -70,39 +70,39 @@ func loadConfig(cmd *cobra.Command) (*viper.Viper, error) {
 		return nil, bindErr
 	}
 	if path := v.GetString("config"); path != "" {
-		file, err := readConfigFile(cmd, path)
-		if err != nil {
-			return nil, err
-		}
-		if err := v.MergeConfigMap(file); err != nil {
+		v.SetConfigFile(path)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
 			return nil, fmt.Errorf("read config %s: %w", path, err)
+		}
+		if err := checkConfigKeys(cmd, path); err != nil {
+			return nil, err
 		}
 	}
 	return v, nil
 }
 
-// readConfigFile reads a YAML config file and refuses a key that is none of the command's
-// flags: viper would ignore it, and a misspelt setting would silently keep its default.
-func readConfigFile(cmd *cobra.Command, path string) (map[string]any, error) {
+// checkConfigKeys refuses a config file key that is none of the command's flags: viper
+// would ignore it, and a misspelt setting would silently keep its default.
+func checkConfigKeys(cmd *cobra.Command, path string) error {
 	fv := viper.New()
 	fv.SetConfigFile(path)
 	fv.SetConfigType("yaml")
 	if err := fv.ReadInConfig(); err != nil {
-		return nil, fmt.Errorf("read config %s: %w", path, err)
+		return fmt.Errorf("read config %s: %w", path, err)
 	}
-	settings := fv.AllSettings()
 	var unknown []string
-	for k := range settings {
+	for k := range fv.AllSettings() {
 		if cmd.Flags().Lookup(k) == nil {
 			unknown = append(unknown, k)
 		}
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return nil, fmt.Errorf("config %s: unknown key(s) %s: the keys are the flags of %q (see --help)",
+		return fmt.Errorf("config %s: unknown key(s) %s: the keys are the flags of %q (see --help)",
 			path, strings.Join(unknown, ", "), cmd.CommandPath())
 	}
-	return settings, nil
+	return nil
 }
 
 // setup reads a command's configuration and makes its logger.

@@ -136,9 +136,11 @@ func pairedRatio(s, d Measurement) (float64, []string) {
 	if len(rs) == 0 {
 		return value(s) / value(d), nil
 	}
-	// The lower middle of an even count, as median picks the row's run.
 	slices.Sort(rs)
-	return rs[(len(rs)-1)/2], pairs
+	if len(rs)%2 == 1 {
+		return rs[len(rs)/2], pairs
+	}
+	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2, pairs
 }
 
 // targets checks the figures the issue sets for the eBPF mode.

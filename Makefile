@@ -11,15 +11,18 @@ LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build containerd e2e netpol test test-unit test-external-etcd generate generate-check lint demo bench clean images vagrant-check vagrant-netpol
+.PHONY: all build e2e netpol test test-unit test-external-etcd generate generate-check lint demo bench clean images vagrant-check vagrant-netpol
 
 all: build
 
-# capstan, plus the CNI plugin and the per-container log driver beside it.
+# capstan, and beside it what every node runs: the CNI plugin, the pause
+# program the sandbox image is made of, and the upstream containerd v2 with
+# its runc shim (tools/containerd).
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(CAPSTAN) ./cmd/capstan
 	$(GO) build -o $(dir $(CAPSTAN))capstan-cni ./cmd/capstan-cni
-	$(GO) build -o $(dir $(CAPSTAN))capstan-logdriver ./cmd/capstan-logdriver
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(dir $(CAPSTAN))capstan-pause ./cmd/capstan-pause
+	./tools/containerd/build.sh $(abspath $(dir $(CAPSTAN)))
 
 # The test images (capstan.local/echo:1.0, capstan.local/busybox:1.0) as one OCI
 # archive; needs busybox-static. Load: capstan images import bin/images/capstan-test-images.tar
@@ -29,20 +32,17 @@ images:
 # Everything: lint, regenerate BPF objects (must match the committed ones),
 # unit and integration tests (embedded etcd), the API suite again against a
 # separately started etcd process, then the end-to-end and NetworkPolicy suites.
-test: lint vagrant-check generate-check containerd test-unit test-external-etcd e2e netpol
+test: lint vagrant-check generate-check test-unit test-external-etcd e2e netpol
 
-test-unit:
-	$(GO) test -count=1 -timeout 20m ./...
-
-# The project's own containerd (config, state and socket under
-# /run/capstan/containerd) for the node agent's tests.
-containerd:
-	./scripts/containerd.sh start
+# Tests that need a control plane or a containerd run the binaries make
+# build leaves in bin/.
+test-unit: build
+	CAPSTAN_BINARY=$(abspath $(CAPSTAN)) $(GO) test -count=1 -timeout 20m ./...
 
 # The end-to-end suite: fresh 3-node clusters (native/eBPF, VXLAN/eBPF,
 # native/iptables) and a table of scenarios; the whole log is in bin/e2e.log,
 # and a failure prints its details. CAPSTAN_E2E_CASES=native/ebpf runs one cluster.
-e2e: containerd
+e2e: build
 	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -timeout 40m -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
 	  grep -A100 -E '^\s+CLUSTER +SCENARIO' $(BIN)/e2e.log | grep -E '^\s+(CLUSTER|[a-z]+/[a-z]+) '; \
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/e2e.log)"; grep -B2 -A40 -E '^\s+[a-z_]+_test\.go:[0-9]+: ' $(BIN)/e2e.log | head -300; fi; \
@@ -53,13 +53,13 @@ e2e: containerd
 # the whole log is in bin/netpol.log, and a failure prints its matrices.
 # CAPSTAN_NETPOL_CASES=regexp picks cases; CAPSTAN_NETPOL_KUBECONFIG=path runs
 # on a cluster that is already up.
-netpol: containerd
+netpol: build
 	@mkdir -p $(BIN); $(GO) test -tags netpol -count=1 -v -timeout 30m -run 'TestExpectations|TestEvaluateBasics|TestNetpol' ./test/netpol/ >$(BIN)/netpol.log 2>&1; rc=$$?; \
 	  sed -n '/^\s*CASE \+RESULT/,/^\s*netpol: [0-9]* passed/p' $(BIN)/netpol.log; \
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/netpol.log)"; grep -E -A45 '(probes still differ|no longer Ready|cannot reach its pod|after the case: |persistent connection .*(still works|failed)|hand-written:|evaluate:$$| setup: )' $(BIN)/netpol.log | head -400; fi; \
 	  tail -3 $(BIN)/netpol.log; exit $$rc
 
-test-external-etcd:
+test-external-etcd: build
 	./scripts/test-external-etcd.sh
 
 # deploy/vagrant without VMs: vagrant validate, bash -n and shellcheck, the
@@ -95,7 +95,7 @@ demo: build
 # API and scheduler figures, then Services in eBPF and iptables mode side by side, then
 # NetworkPolicy of 0, 100 and 1,000 rules (tables on the terminal, results.json and
 # chart.svg under bench-results/).
-bench: build images containerd
+bench: build images
 	$(GO) build -o $(BIN)/capstan-echo ./test/images/echo
 	$(CAPSTAN) bench api
 	$(CAPSTAN) bench scheduler

@@ -27,20 +27,18 @@ import (
 // and checks that nothing it made is left on the machine.
 func TestUpDownLeavesNothing(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Fatal("needs root (network namespaces, containerd)")
-	}
-	socket := "/run/capstan/containerd/containerd.sock"
-	if _, err := os.Stat(socket); err != nil {
-		t.Fatalf("no containerd at %s: run scripts/containerd.sh start", socket)
+		t.Fatal("needs root (network namespaces, cgroups, BPF)")
 	}
 	root, err := testbin.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
 	bin := t.TempDir()
-	capstan, err := testbin.Build(root, bin)
-	if err != nil {
-		t.Fatal(err)
+	capstan := os.Getenv("CAPSTAN_BINARY")
+	if capstan == "" {
+		if capstan, err = testbin.Build(root, bin); err != nil {
+			t.Fatal(err)
+		}
 	}
 	images := filepath.Join(bin, "images.tar")
 	wd, _ := os.Getwd()
@@ -52,15 +50,21 @@ func TestUpDownLeavesNothing(t *testing.T) {
 	}
 
 	bpffsBefore := mountedAt("/sys/fs/bpf")
+	var absent []string
+	for _, d := range []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan", "/run/containerd"} {
+		if _, err := os.Stat(d); err != nil {
+			absent = append(absent, d)
+		}
+	}
+	sysctlsBefore := sysctls()
 	name := fmt.Sprintf("cst%04x", rand.IntN(1<<16))
 	dir := t.TempDir()
 	cfg := cluster.Config{
 		Name: name, DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"), Nodes: 2,
-		Subnet:           netip.MustParsePrefix(fmt.Sprintf("172.30.%d.0/24", 100+rand.IntN(150))),
-		Port:             20000 + rand.IntN(10000),
-		Binary:           capstan,
-		Images:           []string{images},
-		ContainerdSocket: socket,
+		Subnet: netip.MustParsePrefix(fmt.Sprintf("172.30.%d.0/24", 100+rand.IntN(150))),
+		Port:   20000 + rand.IntN(10000),
+		Binary: capstan,
+		Images: []string{images},
 	}
 	ctx := context.Background()
 	downDone := false
@@ -150,10 +154,21 @@ func TestUpDownLeavesNothing(t *testing.T) {
 		if cg, _ := filepath.Glob("/sys/fs/cgroup/*/capstan/" + node); len(cg) > 0 {
 			left = append(left, fmt.Sprint(cg))
 		}
-		out, _ := exec.Command("ctr", "--address", socket, "namespaces", "list", "-q").Output()
-		if strings.Contains(string(out), "capstan-"+node) {
-			left = append(left, "containerd namespace capstan-"+node)
+	}
+	out, _ = exec.Command("ps", "-eo", "stat=,args=").Output()
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && !strings.HasPrefix(f[0], "Z") &&
+			(strings.Contains(line, "containerd-shim") || strings.Contains(line, "/pause") || strings.Contains(line, "capstan-echo")) {
+			left = append(left, "process: "+line)
 		}
+	}
+	for _, d := range absent {
+		if _, err := os.Stat(d); err == nil {
+			left = append(left, d)
+		}
+	}
+	if sysctls() != sysctlsBefore {
+		left = append(left, "host sysctls the kubelets changed: "+sysctls()+", were "+sysctlsBefore)
 	}
 	if mountedAt("/sys/fs/bpf") != bpffsBefore {
 		left = append(left, "the bpffs mount up made on /sys/fs/bpf")
@@ -164,6 +179,16 @@ func TestUpDownLeavesNothing(t *testing.T) {
 	if len(left) > 0 {
 		t.Fatalf("capstan down left: %v", left)
 	}
+}
+
+// sysctls are the host-wide settings kubelets change.
+func sysctls() string {
+	var b strings.Builder
+	for _, k := range []string{"vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "vm/panic_on_oom"} {
+		v, _ := os.ReadFile("/proc/sys/" + k)
+		fmt.Fprintf(&b, "%s=%s ", k, strings.TrimSpace(string(v)))
+	}
+	return b.String()
 }
 
 func mountedAt(dir string) bool {

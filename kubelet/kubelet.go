@@ -1,289 +1,124 @@
-// Package kubelet is Capstan's kubelet: it registers the Node, keeps its
-// Lease and status, and runs the pods bound to the node on containerd, with
-// networking from the CNI plugin, probes, volumes and status reporting as
-// upstream's kubelet does.
+// Package kubelet configures and runs the upstream kubelet in-process, at
+// the Kubernetes version this module pins: its KubeletConfiguration file,
+// its command line, the bootstrap kubeconfig it joins with and the cgroup
+// root it runs pods under. Several kubelets may share a machine (one per
+// `capstan up` node): each has its own directory, cgroup root, containerd
+// and network namespace.
 package kubelet
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
-	"sync"
-	"time"
+	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
-	"k8s.io/utils/clock"
+	"github.com/spf13/pflag"
+	cliflag "k8s.io/component-base/cli/flag"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
+	"k8s.io/kubernetes/cmd/kubelet/app/options"
 
-	"github.com/capstan-net/capstan/kubelet/container"
+	"github.com/capstan-net/capstan/control/components"
 )
 
-// Config is what a Kubelet needs; everything is passed in.
+// Config describes one node's kubelet.
 type Config struct {
 	NodeName string
-	// NodeIPs are the node's InternalIP addresses.
-	NodeIPs []net.IP
-	Client  kubernetes.Interface
-	Runtime *container.Runtime
-	Network Network
-	// NodeDir holds this node's pod directories (volumes, sandbox records).
-	NodeDir string
-	// LogDir holds container logs, <ns>_<pod>_<uid>/<container>/<n>.log.
-	LogDir string
-	// NetnsDir is where pod network namespaces are pinned.
-	NetnsDir string
-	// CgroupParent is the cgroup path under which pod cgroups are made.
-	CgroupParent string
-	// KubeletPort is advertised in the Node's daemonEndpoints.
-	KubeletPort int
-	// RestartBackoff is the first crash-loop delay; it doubles up to
-	// RestartBackoffMax (upstream: 10s and 5m).
-	RestartBackoff    time.Duration
-	RestartBackoffMax time.Duration
-	MaxPods           int
-	// RuntimeVersion is reported in nodeInfo (containerd://x.y.z).
-	RuntimeVersion string
-	// CNIConfDir receives the node's CNI configuration once the node has
-	// a podCIDR; IPAMDir and EndpointsDir go into that configuration.
-	CNIConfDir   string
-	IPAMDir      string
-	EndpointsDir string
-	MTU          int
-	Clock        clock.Clock
-	Recorder     record.EventRecorder
-	Log          *slog.Logger
+	NodeIPs  []net.IP
+	// Dir is the kubelet's root directory (pods, volumes, plugins); its
+	// configuration, kubeconfigs and certificates live there too.
+	Dir string
+	// RuntimeEndpoint is the CRI socket, unix:///...
+	RuntimeEndpoint string
+	// CgroupRoot is where pods' cgroups go, e.g. /capstan/node-1.
+	CgroupRoot string
+	// ClientCAFile verifies clients of the kubelet's API (the API server).
+	ClientCAFile string
+	PodLogsDir   string
+	Port         int
+	// ClusterDNS and ClusterDomain are what pods' resolv.conf points at.
+	ClusterDNS    []string
+	ClusterDomain string
+	// ResolvConf is the file pods with dnsPolicy Default copy (and the
+	// upstream of cluster DNS); empty uses /etc/resolv.conf.
+	ResolvConf string
+	// ExtraArgs are "name=value" kubelet flags over Capstan's.
+	ExtraArgs []string
 }
 
-// Kubelet runs one node's pods.
-type Kubelet struct {
-	cfg  Config
-	pods corelisters.PodLister
+// ConfigFile is the KubeletConfiguration the kubelet reads.
+func (c *Config) ConfigFile() string { return filepath.Join(c.Dir, "config.yaml") }
 
-	mu      sync.Mutex
-	workers map[types.UID]*podWorker
-	probes  *probeManager
-	ctx     context.Context
-}
+// Kubeconfig is where the kubelet keeps its own credentials once joined.
+func (c *Config) Kubeconfig() string { return filepath.Join(c.Dir, "kubelet.kubeconfig") }
 
-// New returns a Kubelet.
-func New(cfg Config) *Kubelet {
-	if cfg.Clock == nil {
-		cfg.Clock = clock.RealClock{}
-	}
-	if cfg.RestartBackoff == 0 {
-		cfg.RestartBackoff = 10 * time.Second
-	}
-	if cfg.RestartBackoffMax == 0 {
-		cfg.RestartBackoffMax = 5 * time.Minute
-	}
-	if cfg.MaxPods == 0 {
-		cfg.MaxPods = 110
-	}
-	k := &Kubelet{cfg: cfg, workers: map[types.UID]*podWorker{}}
-	k.probes = newProbeManager(k)
-	return k
-}
+// BootstrapKubeconfig holds the join token the kubelet asks for them with.
+func (c *Config) BootstrapKubeconfig() string { return filepath.Join(c.Dir, "bootstrap.kubeconfig") }
 
-// Run registers the node and runs pods until ctx ends. Pods keep running
-// after Run returns: a restarted agent adopts them.
-func (k *Kubelet) Run(ctx context.Context) error {
-	k.ctx = ctx
-	for _, d := range []string{k.cfg.NodeDir, k.cfg.LogDir, k.cfg.NetnsDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("kubelet dir: %w", err)
-		}
-	}
-	if err := k.registerNode(ctx); err != nil {
-		return err
-	}
-	go k.runNodeStatus(ctx)
-	go k.cfg.Runtime.Run(ctx)
-	if err := k.cfg.Runtime.Adopt(ctx); err != nil {
-		return err
-	}
+// CertDir holds the kubelet's client and serving certificates.
+func (c *Config) CertDir() string { return filepath.Join(c.Dir, "pki") }
 
-	factory := informers.NewSharedInformerFactoryWithOptions(k.cfg.Client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", k.cfg.NodeName).String()
-		}))
-	inf := factory.Core().V1().Pods()
-	k.pods = inf.Lister()
-	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { k.podChanged(obj) },
-		UpdateFunc: func(_, obj any) { k.podChanged(obj) },
-		DeleteFunc: func(obj any) {
-			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = t.Obj
-			}
-			k.podChanged(obj)
-		},
-	})
-	factory.Start(ctx.Done())
-	for !inf.Informer().HasSynced() {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(50 * time.Millisecond):
-		}
+// Args is the kubelet's command line: Capstan's flags with ExtraArgs over them.
+func (c *Config) Args() ([]string, error) {
+	ips := make([]string, 0, len(c.NodeIPs))
+	for _, ip := range c.NodeIPs {
+		ips = append(ips, ip.String())
 	}
-	// Only now, with the full list of our pods known, is it safe to
-	// remove what deleted pods left behind.
-	if err := k.cleanupOrphans(ctx); err != nil {
-		k.cfg.Log.Warn("cleanup orphans", "err", err)
+	base := components.Args{
+		"config":               c.ConfigFile(),
+		"kubeconfig":           c.Kubeconfig(),
+		"bootstrap-kubeconfig": c.BootstrapKubeconfig(),
+		"cert-dir":             c.CertDir(),
+		"root-dir":             c.Dir,
+		"hostname-override":    c.NodeName,
+		"node-ip":              strings.Join(ips, ","),
 	}
-	tick := time.NewTicker(30 * time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			k.stopWorkers()
-			return nil
-		case <-tick.C:
-			if err := k.cleanupOrphans(ctx); err != nil {
-				k.cfg.Log.Warn("cleanup orphans", "err", err)
-			}
-		}
-	}
-}
-
-func (k *Kubelet) podChanged(obj any) {
-	pod, ok := obj.(*corev1.Pod)
-	if !ok {
-		return
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	w := k.workers[pod.UID]
-	if w == nil {
-		if k.ctx == nil || k.ctx.Err() != nil {
-			return
-		}
-		w = newPodWorker(k, pod)
-		k.workers[pod.UID] = w
-		go w.run(k.ctx)
-	}
-	w.kick()
-}
-
-// workerDone forgets a pod's worker once the pod is gone.
-func (k *Kubelet) workerDone(uid types.UID) {
-	k.mu.Lock()
-	delete(k.workers, uid)
-	k.mu.Unlock()
-}
-
-func (k *Kubelet) stopWorkers() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for _, w := range k.workers {
-		w.cancel()
-	}
-}
-
-// kickPod asks the pod's worker to sync now.
-func (k *Kubelet) kickPod(uid types.UID) {
-	k.mu.Lock()
-	w := k.workers[uid]
-	k.mu.Unlock()
-	if w != nil {
-		w.kick()
-	}
-}
-
-// podFromCache returns the newest copy of the pod, or nil once it is gone
-// from the API.
-func (k *Kubelet) podFromCache(ns, name string, uid types.UID) *corev1.Pod {
-	p, err := k.pods.Pods(ns).Get(name)
-	if err != nil || p.UID != uid {
-		return nil
-	}
-	return p
-}
-
-// podDir is where a pod's volumes and sandbox record live.
-func (k *Kubelet) podDir(uid types.UID) string {
-	return filepath.Join(k.cfg.NodeDir, "pods", string(uid))
-}
-
-func (k *Kubelet) podLogDir(pod *corev1.Pod) string {
-	return filepath.Join(k.cfg.LogDir, fmt.Sprintf("%s_%s_%s", pod.Namespace, pod.Name, pod.UID))
-}
-
-func (k *Kubelet) netnsPath(uid types.UID) string { return filepath.Join(k.cfg.NetnsDir, string(uid)) }
-
-// cleanupOrphans removes containers, sandboxes (netns, CNI attachment,
-// IP) and directories of pods that are no longer bound to this node.
-func (k *Kubelet) cleanupOrphans(ctx context.Context) error {
-	live := map[string]bool{}
-	pods, err := k.pods.List(labels.Everything())
+	over, err := ParseArgs(c.ExtraArgs)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, p := range pods {
-		live[string(p.UID)] = true
-	}
-	k.mu.Lock()
-	for uid := range k.workers {
-		live[string(uid)] = true
-	}
-	k.mu.Unlock()
+	return components.Merge(base, over), nil
+}
 
-	infos, err := k.cfg.Runtime.List(ctx)
-	if err != nil {
-		return err
-	}
-	for _, c := range infos {
-		if c.PodUID == "" || live[c.PodUID] {
-			continue
-		}
-		k.cfg.Log.Info("removing container of deleted pod", "container", c.ID, "podUID", c.PodUID)
-		if err := k.cfg.Runtime.Remove(ctx, c.ID); err != nil {
-			k.cfg.Log.Warn("remove orphan container", "container", c.ID, "err", err)
-		}
-	}
-	entries, _ := os.ReadDir(filepath.Join(k.cfg.NodeDir, "pods"))
+// ParseArgs reads "name=value" entries of --kubelet-arg and checks each name
+// against the kubelet's flags.
+func ParseArgs(entries []string) (components.Args, error) {
+	fs := flags()
+	out := components.Args{}
 	for _, e := range entries {
-		if live[e.Name()] {
-			continue
+		name, value, ok := strings.Cut(strings.TrimPrefix(e, "--"), "=")
+		if !ok || name == "" {
+			return nil, fmt.Errorf("--kubelet-arg %q: want name=value", e)
 		}
-		uid := types.UID(e.Name())
-		k.cfg.Log.Info("removing sandbox of deleted pod", "podUID", uid)
-		if err := k.teardownSandbox(ctx, uid); err != nil {
-			k.cfg.Log.Warn("remove orphan sandbox", "podUID", uid, "err", err)
-			continue
+		if fs.Lookup(name) == nil {
+			return nil, fmt.Errorf("--kubelet-arg %q: the kubelet has no flag --%s", e, name)
 		}
-		os.RemoveAll(k.podDir(uid))
-		k.removePodCgroup(uid)
+		out[name] = value
 	}
-	nsEntries, _ := os.ReadDir(k.cfg.NetnsDir)
-	for _, e := range nsEntries {
-		if !live[e.Name()] {
-			k.teardownSandbox(ctx, types.UID(e.Name()))
-		}
+	return out, nil
+}
+
+// flags is the kubelet's flag set, for checking names.
+func flags() *pflag.FlagSet {
+	fs := pflag.NewFlagSet("kubelet", pflag.ContinueOnError)
+	fs.SetNormalizeFunc(cliflag.WordSepNormalizeFunc)
+	options.NewKubeletFlags().AddFlags(fs)
+	if cfg, err := options.NewKubeletConfiguration(); err == nil {
+		options.AddKubeletConfigFlags(fs, cfg)
 	}
-	var valid []Attachment
-	for uid := range live {
-		valid = append(valid, Attachment{ContainerID: uid, IfName: "eth0"})
-	}
-	if k.cfg.Network != nil {
-		if err := k.cfg.Network.GC(ctx, valid); err != nil {
-			k.cfg.Log.Debug("cni gc", "err", err)
-		}
+	options.AddGlobalFlags(fs)
+	return fs
+}
+
+// Run runs the kubelet with args until the process gets SIGTERM or SIGINT:
+// the upstream command ends on those signals itself (ctx only carries the
+// logger), so a process runs at most one kubelet.
+func Run(ctx context.Context, args []string) error {
+	cmd := kubeletapp.NewKubeletCommand(ctx)
+	cmd.SetArgs(args)
+	cmd.SilenceErrors = true
+	if err := cmd.Execute(); err != nil {
+		return fmt.Errorf("kubelet: %w", err)
 	}
 	return nil
 }
-
-// KickPodUID asks the worker of the pod with this UID to sync now (used
-// when a container exits).
-func (k *Kubelet) KickPodUID(uid string) { k.kickPod(types.UID(uid)) }

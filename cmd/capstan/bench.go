@@ -15,8 +15,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/capstan-net/capstan/control/scheduler"
-	"github.com/capstan-net/capstan/control/server"
 	"github.com/capstan-net/capstan/test/bench/apibench"
 	"github.com/capstan-net/capstan/test/bench/perfcluster"
 	"github.com/capstan-net/capstan/test/bench/podbench"
@@ -55,8 +53,12 @@ func newBenchCmd() *cobra.Command {
 			if v.GetBool("json") {
 				ct = "application/json"
 			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
 			res, err := apibench.Run(ctx, apibench.Config{
-				Pods: v.GetInt("pods"), Watchers: v.GetInt("watchers"), Workers: v.GetInt("workers"),
+				Binary: self, Pods: v.GetInt("pods"), Watchers: v.GetInt("watchers"), Workers: v.GetInt("workers"),
 				DataDir: v.GetString("data-dir"), ContentType: ct,
 			}, log)
 			if err != nil {
@@ -73,58 +75,8 @@ func newBenchCmd() *cobra.Command {
 	f.String("data-dir", "", "server data dir (default: a temporary directory)")
 	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
 	f.Bool("json", false, "use JSON instead of protobuf on the wire")
-	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd(), newBenchServicesCmd(), newBenchPolicyCmd())
+	cmd.AddCommand(api, newBenchPodsCmd(), newBenchServicesCmd(), newBenchPolicyCmd())
 	return cmd
-}
-
-func newBenchSchedulerCmd() *cobra.Command {
-	c := &cobra.Command{
-		Use:   "scheduler",
-		Short: "Pods bound per second by the scheduler, against a fresh local server with simulated nodes",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			v, log, err := setup(cmd)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := signalContext()
-			defer cancel()
-			dir, err := os.MkdirTemp("", "capstan-schedbench-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(dir)
-			sctx, stop := context.WithCancel(ctx)
-			defer stop()
-			ready := make(chan struct{})
-			errc := make(chan error, 1)
-			// The benchmark runs its own scheduler; the server runs none.
-			go func() {
-				errc <- server.Run(sctx, server.Config{DataDir: dir, BindAddress: "127.0.0.1", Ready: ready,
-					Controllers: server.ControllersConfig{Enabled: []string{"-scheduler", "-nodelifecycle", "*"}}}, log)
-			}()
-			select {
-			case <-ready:
-			case err := <-errc:
-				return fmt.Errorf("server: %w", err)
-			}
-			rc, err := clientcmd.BuildConfigFromFlags("", server.AdminKubeconfig(dir))
-			if err != nil {
-				return err
-			}
-			rc.QPS, rc.Burst = 5000, 10000
-			pods, nodes := v.GetInt("pods"), v.GetInt("nodes")
-			rate, err := scheduler.BenchmarkBind(ctx, rc, pods, nodes, log)
-			if err != nil {
-				return fmt.Errorf("bench scheduler: %w", err)
-			}
-			fmt.Printf("Scheduler benchmark: %d pods on %d simulated nodes\n  pods bound/s   %8.0f\n", pods, nodes, rate)
-			return nil
-		},
-	}
-	c.Flags().Int("pods", 5000, "pods to schedule")
-	c.Flags().Int("nodes", 100, "simulated nodes")
-	return c
 }
 
 func newBenchPodsCmd() *cobra.Command {
@@ -182,7 +134,6 @@ func addClusterBenchFlags(f *pflag.FlagSet, echoUse, outFiles string) {
 	f.Duration("duration", 0, "length of each measurement (default 5s)")
 	f.Int("connections", 1, "parallel connections (or connection loops) per measurement")
 	f.String("out", "bench-results", "directory for "+outFiles+" (a timestamped subdirectory)")
-	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket")
 }
 
 // runClusterBench runs bench with the options of addClusterBenchFlags until it ends or a
@@ -215,15 +166,14 @@ func clusterBenchOptions(cmd *cobra.Command, v *viper.Viper, log *slog.Logger) (
 		return perfcluster.Options{}, nil, err
 	}
 	return perfcluster.Options{
-		Binary:           self,
-		EchoBinary:       v.GetString("echo-binary"),
-		Images:           v.GetStringSlice("images"),
-		Duration:         v.GetDuration("duration"),
-		Connections:      v.GetInt("connections"),
-		OutDir:           v.GetString("out"),
-		DataDir:          dir,
-		ContainerdSocket: v.GetString("containerd-socket"),
-		Log:              log,
-		Out:              cmd.OutOrStdout(),
+		Binary:      self,
+		EchoBinary:  v.GetString("echo-binary"),
+		Images:      v.GetStringSlice("images"),
+		Duration:    v.GetDuration("duration"),
+		Connections: v.GetInt("connections"),
+		OutDir:      v.GetString("out"),
+		DataDir:     dir,
+		Log:         log,
+		Out:         cmd.OutOrStdout(),
 	}, func() { os.RemoveAll(dir) }, nil
 }

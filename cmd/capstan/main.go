@@ -6,7 +6,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/capstan-net/capstan/control/controllers/nodelifecycle"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -18,9 +17,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	"k8s.io/component-base/version"
 	kubectlcmd "k8s.io/kubectl/pkg/cmd"
 
-	"github.com/capstan-net/capstan/control/apiserver"
 	"github.com/capstan-net/capstan/control/server"
 )
 
@@ -49,7 +48,7 @@ func newRoot() *cobra.Command {
 		DisableFlagParsing: true,
 		Run:                func(cmd *cobra.Command, args []string) { os.Exit(runKubectl(args)) },
 	})
-	root.AddCommand(newImagesCmd(), newAgentCmd(), newLogDriverCmd(), newUpCmd(), newDownCmd(), newNodeExecCmd())
+	root.AddCommand(newImagesCmd(), newAgentCmd(), newUpCmd(), newDownCmd(), newNodeExecCmd())
 	return root
 }
 
@@ -130,69 +129,66 @@ func signalContext() (context.Context, context.CancelFunc) {
 func newServerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the control plane: API server on etcd",
-		Args:  cobra.NoArgs,
+		Short: "Run the control plane: kube-apiserver, kube-controller-manager and kube-scheduler on etcd",
+		Long: `Run the control plane: the upstream kube-apiserver, kube-controller-manager and
+kube-scheduler in this process, on an embedded etcd (or --etcd-endpoints). The first
+start writes the PKI, admin.kubeconfig and the join token under --data-dir.
+
+Any upstream flag can be set with --kube-apiserver-arg, --kube-controller-manager-arg
+and --kube-scheduler-arg (name=value, repeatable); they override Capstan's defaults.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, log, err := setup(cmd)
 			if err != nil {
 				return err
 			}
 			cfg := server.Config{
-				DataDir:            v.GetString("data-dir"),
-				BindAddress:        v.GetString("bind-address"),
-				SecurePort:         v.GetInt("secure-port"),
-				AdvertiseAddress:   v.GetString("advertise-address"),
-				EtcdServers:        v.GetStringSlice("etcd-endpoints"),
-				EtcdCertFile:       v.GetString("etcd-certfile"),
-				EtcdKeyFile:        v.GetString("etcd-keyfile"),
-				EtcdCAFile:         v.GetString("etcd-cafile"),
-				EtcdPrefix:         v.GetString("etcd-prefix"),
-				ServiceCIDR:        v.GetString("service-cidr"),
-				NodePortRange:      v.GetString("service-node-port-range"),
-				CompactionInterval: v.GetDuration("compaction-interval"),
-				BookmarkInterval:   v.GetDuration("bookmark-interval"),
-				Controllers: server.ControllersConfig{
-					Enabled:          v.GetStringSlice("controllers"),
-					LeaderElect:      v.GetBool("leader-elect"),
-					ClusterCIDR:      v.GetString("cluster-cidr"),
-					NodeCIDRMaskSize: v.GetInt("node-cidr-mask-size"),
-					NodeLifecycle: nodelifecycle.Config{
-						GracePeriod:       v.GetDuration("node-monitor-grace-period"),
-						TolerationSeconds: v.GetInt64("default-unreachable-toleration-seconds"),
-					},
-				},
-			}
-			if cfg.Controllers.NodeLifecycle.GracePeriod < 0 || cfg.Controllers.NodeLifecycle.TolerationSeconds < 0 {
-				return fmt.Errorf("--node-monitor-grace-period and --default-unreachable-toleration-seconds must not be negative")
-			}
-			if cfg.SecurePort < 0 || cfg.SecurePort > 65535 {
-				return fmt.Errorf("--secure-port %d is out of range 0-65535", cfg.SecurePort)
+				DataDir:               v.GetString("data-dir"),
+				BindAddress:           v.GetString("bind-address"),
+				SecurePort:            v.GetInt("secure-port"),
+				AdvertiseAddress:      v.GetString("advertise-address"),
+				ExtraSANs:             v.GetStringSlice("tls-san"),
+				EtcdEndpoints:         v.GetStringSlice("etcd-endpoints"),
+				EtcdCertFile:          v.GetString("etcd-certfile"),
+				EtcdKeyFile:           v.GetString("etcd-keyfile"),
+				EtcdCAFile:            v.GetString("etcd-cafile"),
+				EtcdPrefix:            v.GetString("etcd-prefix"),
+				ServiceCIDR:           v.GetString("service-cidr"),
+				ClusterCIDR:           v.GetString("cluster-cidr"),
+				NodeCIDRMaskSize:      v.GetInt("node-cidr-mask-size"),
+				NodePortRange:         v.GetString("service-node-port-range"),
+				ClusterDomain:         v.GetString("cluster-domain"),
+				LeaderElect:           v.GetBool("leader-elect"),
+				APIServerArgs:         v.GetStringSlice("kube-apiserver-arg"),
+				ControllerManagerArgs: v.GetStringSlice("kube-controller-manager-arg"),
+				SchedulerArgs:         v.GetStringSlice("kube-scheduler-arg"),
+				Log:                   log,
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
-			return server.Run(ctx, cfg, log)
+			return server.Run(ctx, cfg)
 		},
 	}
 	f := cmd.Flags()
-	f.String("data-dir", "/var/lib/capstan", "directory for etcd data, certificates and kubeconfigs")
-	f.String("bind-address", "0.0.0.0", "address to serve HTTPS on")
-	f.Int("secure-port", 6443, "port to serve HTTPS on (0 picks a free one)")
-	f.String("advertise-address", "", "address written into kubeconfigs (default: bind address, or 127.0.0.1)")
-	f.StringSlice("etcd-endpoints", nil, "external etcd endpoints; empty runs an embedded etcd")
+	f.String("data-dir", server.DefaultDataDir, "directory for etcd data, certificates, kubeconfigs and the join token")
+	f.String("bind-address", "0.0.0.0", "address kube-apiserver serves HTTPS on")
+	f.Int("secure-port", 6443, "port kube-apiserver serves HTTPS on")
+	f.String("advertise-address", "", "address nodes and kubeconfigs use, and the kubernetes Service's endpoint (default: the bind address, else the default route's)")
+	f.StringSlice("tls-san", nil, "more host names or addresses for the API server's certificate")
+	f.StringSlice("etcd-endpoints", nil, "external etcd endpoints; empty runs an embedded etcd (TLS on loopback) under the data dir")
 	f.String("etcd-certfile", "", "client certificate for external etcd")
 	f.String("etcd-keyfile", "", "client key for external etcd")
 	f.String("etcd-cafile", "", "CA bundle for external etcd")
-	f.String("etcd-prefix", "", "key prefix isolating this cluster inside a shared etcd")
-	f.String("service-cidr", "10.96.0.0/16", "range for Service ClusterIPs")
-	f.String("service-node-port-range", "30000-32767", "range for NodePorts")
-	f.Duration("compaction-interval", 0, "interval between etcd compactions (default 5m)")
-	f.Duration("bookmark-interval", 0, "interval between watch bookmarks (default 1m)")
-	f.StringSlice("controllers", []string{"*"}, `control loops to run: "*" for all, "name" to enable, "-name" to disable (scheduler, replicaset, deployment, daemonset, endpointslice, nodeipam, nodelifecycle, garbagecollector, namespace)`)
-	f.String("cluster-cidr", "10.244.0.0/16", "range that node pod CIDRs are carved from")
+	f.String("etcd-prefix", "", "key prefix of this cluster in a shared etcd (kube-apiserver's --etcd-prefix; default /registry)")
+	f.String("service-cidr", server.DefaultServiceCIDR, "range for Service ClusterIPs")
+	f.String("service-node-port-range", server.DefaultNodePortRange, "range for NodePorts")
+	f.String("cluster-cidr", server.DefaultClusterCIDR, "range that node pod CIDRs are carved from (kube-controller-manager's node IPAM)")
 	f.Int("node-cidr-mask-size", 24, "prefix length of each node's pod CIDR")
-	f.Duration("node-monitor-grace-period", nodelifecycle.DefaultGracePeriod, "how long a node may go without a heartbeat before it is marked unreachable")
-	f.Int64("default-unreachable-toleration-seconds", nodelifecycle.DefaultTolerationSeconds, "how long pods without their own toleration stay on an unreachable node before eviction")
-	f.Bool("leader-elect", true, "run control loops only in the server holding their Lease, for several servers on one etcd")
+	f.String("cluster-domain", server.DefaultClusterDomain, "the cluster's DNS domain (service-account token issuer, certificate names)")
+	f.Bool("leader-elect", true, "run controller-manager and scheduler loops only in the server holding their Lease, for several servers on one etcd")
+	f.StringArray("kube-apiserver-arg", nil, "kube-apiserver flag as name=value (repeatable); overrides Capstan's default")
+	f.StringArray("kube-controller-manager-arg", nil, "kube-controller-manager flag as name=value (repeatable)")
+	f.StringArray("kube-scheduler-arg", nil, "kube-scheduler flag as name=value (repeatable)")
 	return cmd
 }
 
@@ -202,7 +198,8 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		Run: func(cmd *cobra.Command, args []string) {
-			fmt.Printf("capstan %s (Kubernetes API %s.%s)\n", apiserver.Version.GitVersion, apiserver.Version.Major, apiserver.Version.Minor)
+			v := version.Get()
+			fmt.Printf("capstan %s (Kubernetes %s)\n", v.GitVersion, v.GitVersion)
 		},
 	}
 }

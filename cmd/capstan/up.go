@@ -16,16 +16,15 @@ import (
 
 func clusterConfig(v *viper.Viper) (cluster.Config, error) {
 	cfg := cluster.Config{
-		Name:             v.GetString("name"),
-		DataDir:          v.GetString("data-dir"),
-		RunDir:           v.GetString("run-dir"),
-		Nodes:            v.GetInt("nodes"),
-		Routing:          v.GetString("routing"),
-		Mode:             v.GetString("mode"),
-		KubeProxy:        v.GetString("kube-proxy"),
-		Port:             v.GetInt("port"),
-		Images:           v.GetStringSlice("images"),
-		ContainerdSocket: v.GetString("containerd-socket"),
+		Name:      v.GetString("name"),
+		DataDir:   v.GetString("data-dir"),
+		RunDir:    v.GetString("run-dir"),
+		Nodes:     v.GetInt("nodes"),
+		Routing:   v.GetString("routing"),
+		Mode:      v.GetString("mode"),
+		KubeProxy: v.GetString("kube-proxy"),
+		Port:      v.GetInt("port"),
+		Images:    v.GetStringSlice("images"),
 	}
 	if s := v.GetString("subnet"); s != "" {
 		p, err := netip.ParsePrefix(s)
@@ -48,7 +47,6 @@ func clusterFlags(cmd *cobra.Command) {
 	f.String("data-dir", "/var/lib/capstan", "state directory (the cluster's is <data-dir>/cluster)")
 	f.String("run-dir", "/run/capstan", "runtime directory")
 	f.String("subnet", cluster.DefaultSubnet, "underlay /24: the host is .1, nodes .11 and up, the outside client .250")
-	f.String("containerd-socket", "/run/capstan/containerd/containerd.sock", "containerd socket (scripts/containerd.sh starts one)")
 }
 
 func newUpCmd() *cobra.Command {
@@ -73,7 +71,7 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			kc := cluster.Kubeconfig(cfg.DataDir)
-			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is starting: server on %s, nodes %v (%s routing, %s mode).
+			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is ready: server on %s, nodes %v (%s routing, %s mode).
 Kubeconfig: %s (capstan kubectl uses it; or export KUBECONFIG=%s)
   capstan kubectl get nodes -o wide
   capstan dp services --node-name %s      (a node's eBPF maps)

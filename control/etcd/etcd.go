@@ -1,5 +1,5 @@
-// Package etcd starts the embedded etcd member or connects to an external
-// etcd cluster, and hands back a client either way.
+// Package etcd starts the embedded etcd member, or checks that an external
+// etcd cluster answers, and says how kube-apiserver reaches either.
 package etcd
 
 import (
@@ -15,7 +15,6 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/namespace"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -26,95 +25,86 @@ type Config struct {
 	DataDir string
 	// Endpoints of an external etcd cluster; empty means embedded.
 	Endpoints []string
-	// Client TLS files for an external cluster (all optional).
+	// TLS files: for an external cluster, the client's (all optional); for
+	// the embedded member, the client certificate kube-apiserver presents.
 	CertFile, KeyFile, CAFile string
-	// Prefix isolates this server's keys inside a shared etcd (like
-	// kube-apiserver's --etcd-prefix, applied below "/registry").
-	Prefix string
-	// ProgressNotifyInterval is how often the embedded member reports watch
-	// progress; watch bookmarks ride on it.
-	ProgressNotifyInterval time.Duration
+	// The embedded member's serving certificate; it requires clients to
+	// present a certificate signed by CAFile, so only the API server reads
+	// the cluster's secrets.
+	ServerCertFile, ServerKeyFile string
 }
 
-// Etcd is a connected client plus, when embedded, the member it runs.
+// Etcd is where kube-apiserver finds the store.
 type Etcd struct {
-	Client *clientv3.Client
-	member *embed.Etcd
+	Endpoints                 []string
+	CertFile, KeyFile, CAFile string
+	member                    *embed.Etcd
 }
 
-// Start connects to etcd, starting the embedded member first if needed.
+// Start starts the embedded member, or checks that the external cluster
+// answers, so that a dead cluster is reported at start-up in our words.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Etcd, error) {
-	var e *Etcd
-	var err error
 	if len(cfg.Endpoints) > 0 {
-		e, err = connect(ctx, cfg)
-	} else {
-		e, err = startEmbedded(ctx, cfg, log)
+		if err := ping(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
+		}
+		return &Etcd{Endpoints: cfg.Endpoints, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, CAFile: cfg.CAFile}, nil
 	}
-	if err != nil || cfg.Prefix == "" {
-		return e, err
-	}
-	c := e.Client
-	c.KV = namespace.NewKV(c.KV, cfg.Prefix)
-	c.Watcher = namespace.NewWatcher(c.Watcher, cfg.Prefix)
-	c.Lease = namespace.NewLease(c.Lease, cfg.Prefix)
-	return e, nil
+	return startEmbedded(ctx, cfg, log)
 }
 
-// Close stops the client and the embedded member.
-func (e *Etcd) Close() error {
-	err := e.Client.Close()
-	if e.member != nil {
+// Close stops the embedded member, if any, waiting at most timeout: a
+// graceful stop waits for clients' watches to end, and an API server being
+// shut down may hold some open. etcd syncs its log on every commit, so a
+// member cut short loses nothing.
+func (e *Etcd) Close(timeout time.Duration) {
+	if e.member == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
 		e.member.Close()
 		<-e.member.Server.StopNotify()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
 	}
-	return err
 }
 
-func connect(ctx context.Context, cfg Config) (*Etcd, error) {
+func ping(ctx context.Context, cfg Config) error {
 	var tlsCfg *tls.Config
 	if cfg.CertFile != "" || cfg.CAFile != "" {
 		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
 		c, err := info.ClientConfig()
 		if err != nil {
-			return nil, fmt.Errorf("etcd client tls: %w", err)
+			return fmt.Errorf("client tls: %w", err)
 		}
 		tlsCfg = c
 	}
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: 10 * time.Second,
-		TLS:         tlsCfg,
-		Logger:      zap.NewNop(),
-		Context:     ctx,
+		Endpoints: cfg.Endpoints, DialTimeout: 10 * time.Second, TLS: tlsCfg, Logger: zap.NewNop(), Context: ctx,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %v: %w", cfg.Endpoints, err)
+		return err
 	}
-	if err := ping(ctx, cli); err != nil {
-		cli.Close()
-		return nil, fmt.Errorf("etcd %v: %w", cfg.Endpoints, err)
-	}
-	return &Etcd{Client: cli}, nil
-}
-
-// ping waits until a read succeeds, so callers see a dead cluster at start-up.
-func ping(ctx context.Context, cli *clientv3.Client) error {
+	defer cli.Close()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	_, err := cli.Get(ctx, "/registry/health", clientv3.WithCountOnly())
+	_, err = cli.Get(ctx, "/registry/health", clientv3.WithCountOnly())
 	return err
 }
 
 func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Etcd, error) {
-	if cfg.DataDir == "" {
-		return nil, errors.New("embedded etcd needs a data dir")
+	if cfg.DataDir == "" || cfg.ServerCertFile == "" || cfg.CAFile == "" {
+		return nil, errors.New("embedded etcd needs a data dir, a serving certificate and a client CA")
 	}
-	clientURL, err := freeLoopbackURL()
+	clientURL, err := freeLoopbackURL("https")
 	if err != nil {
 		return nil, err
 	}
-	peerURL, err := freeLoopbackURL()
+	peerURL, err := freeLoopbackURL("http")
 	if err != nil {
 		return nil, err
 	}
@@ -126,14 +116,17 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Etcd, er
 	ec.ListenPeerUrls = []url.URL{*peerURL}
 	ec.AdvertisePeerUrls = []url.URL{*peerURL}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.ClientTLSInfo = transport.TLSInfo{
+		CertFile: cfg.ServerCertFile, KeyFile: cfg.ServerKeyFile, TrustedCAFile: cfg.CAFile, ClientCertAuth: true,
+	}
 	ec.LogLevel = "error"
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	ec.QuotaBackendBytes = 8 << 30
-	// The API server compacts on its own schedule, like kube-apiserver.
+	// kube-apiserver compacts on its own schedule.
 	ec.AutoCompactionRetention = "0"
-	if cfg.ProgressNotifyInterval > 0 {
-		ec.WatchProgressNotifyInterval = cfg.ProgressNotifyInterval
-	}
+	// kube-apiserver's watch cache asks for progress; answer often enough
+	// that consistent reads from the cache stay fast.
+	ec.WatchProgressNotifyInterval = 5 * time.Second
 	member, err := embed.StartEtcd(ec)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
@@ -150,29 +143,22 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*Etcd, er
 		member.Close()
 		return nil, ctx.Err()
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{clientURL.String()},
-		DialTimeout: 10 * time.Second,
-		Logger:      zap.NewNop(),
-		// Large lists of pods exceed the 2 MiB default.
-		MaxCallRecvMsgSize: 512 << 20,
-	})
-	if err != nil {
-		member.Close()
-		return nil, fmt.Errorf("embedded etcd client: %w", err)
-	}
 	log.Info("embedded etcd ready", "dir", ec.Dir, "client", clientURL.String())
-	return &Etcd{Client: cli, member: member}, nil
+	return &Etcd{
+		Endpoints: []string{clientURL.String()},
+		CertFile:  cfg.CertFile, KeyFile: cfg.KeyFile, CAFile: cfg.CAFile,
+		member: member,
+	}, nil
 }
 
-// freeLoopbackURL picks a free port on loopback; several servers (tests run
-// in parallel) must not collide on etcd's fixed default ports.
-func freeLoopbackURL() (*url.URL, error) {
+// freeLoopbackURL picks a free port on loopback: several servers (tests, HA
+// pairs) on one machine must not collide on etcd's fixed default ports.
+func freeLoopbackURL(scheme string) (*url.URL, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("pick etcd port: %w", err)
 	}
 	addr := l.Addr().String()
 	l.Close()
-	return &url.URL{Scheme: "http", Host: addr}, nil
+	return &url.URL{Scheme: scheme, Host: addr}, nil
 }

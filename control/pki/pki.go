@@ -1,6 +1,8 @@
-// Package pki creates and loads the cluster's certificate authority, the
-// API server's serving certificate, client certificates and kubeconfigs.
-// Files are written to a temporary name and renamed into place.
+// Package pki creates and loads the cluster's certificate authorities, the
+// certificates the control-plane components use, the service-account
+// signing key and kubeconfigs. Every file is written to a temporary name and
+// renamed into place; a certificate found on disk is kept while it still
+// matches what is asked of it.
 package pki
 
 import (
@@ -8,9 +10,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -18,7 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
+	"slices"
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -27,21 +29,27 @@ import (
 	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
+// Lifetimes: CAs outlive their leaves; a leaf is reissued when it has less
+// than renewBefore left.
+const (
+	caLifetime   = 10 * 365 * 24 * time.Hour
+	leafLifetime = 5 * 365 * 24 * time.Hour
+	renewBefore  = 30 * 24 * time.Hour
+)
+
 // CA is a certificate authority able to sign.
 type CA struct {
-	Cert    *x509.Certificate
-	CertPEM []byte
-	Key     crypto.Signer
-}
-
-// WriteFileAtomic writes data to path through a temporary file and rename.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	return atomicfile.Write(path, data, mode)
+	Cert     *x509.Certificate
+	CertPEM  []byte
+	Key      crypto.Signer
+	CertFile string
+	KeyFile  string
 }
 
 func newKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
 
-func keyPEM(k crypto.Signer) ([]byte, error) {
+// EncodeKey is the PKCS#8 PEM form of a private key.
+func EncodeKey(k crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
 		return nil, err
@@ -65,10 +73,11 @@ func parseKey(data []byte) (crypto.Signer, error) {
 	return s, nil
 }
 
-func parseCert(data []byte) (*x509.Certificate, error) {
+// ParseCert decodes the first PEM certificate in data.
+func ParseCert(data []byte) (*x509.Certificate, error) {
 	b, _ := pem.Decode(data)
-	if b == nil {
-		return nil, errors.New("no PEM block in certificate")
+	if b == nil || b.Type != "CERTIFICATE" {
+		return nil, errors.New("no PEM certificate")
 	}
 	return x509.ParseCertificate(b.Bytes)
 }
@@ -78,23 +87,26 @@ func serial() *big.Int {
 	return n
 }
 
-// LoadOrCreateCA loads dir/ca.crt and dir/ca.key, creating them if absent.
-func LoadOrCreateCA(dir string) (*CA, error) {
-	certPath, keyPath := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-	if certPEM, err := os.ReadFile(certPath); err == nil {
-		keyData, err := os.ReadFile(keyPath)
+// LoadOrCreateCA loads <dir>/<base>.crt and .key, creating a CA named cn if
+// neither exists. One file without the other is an error: replacing a CA
+// would orphan every certificate it signed.
+func LoadOrCreateCA(dir, base, cn string) (*CA, error) {
+	certPath, keyPath := filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key")
+	certPEM, certErr := os.ReadFile(certPath)
+	keyPEM, keyErr := os.ReadFile(keyPath)
+	switch {
+	case certErr == nil && keyErr == nil:
+		cert, err := ParseCert(certPEM)
 		if err != nil {
-			return nil, fmt.Errorf("read ca key: %w", err)
+			return nil, fmt.Errorf("%s: %w", certPath, err)
 		}
-		cert, err := parseCert(certPEM)
+		key, err := parseKey(keyPEM)
 		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", certPath, err)
+			return nil, fmt.Errorf("%s: %w", keyPath, err)
 		}
-		key, err := parseKey(keyData)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", keyPath, err)
-		}
-		return &CA{Cert: cert, CertPEM: certPEM, Key: key}, nil
+		return &CA{Cert: cert, CertPEM: certPEM, Key: key, CertFile: certPath, KeyFile: keyPath}, nil
+	case !errors.Is(certErr, os.ErrNotExist) || !errors.Is(keyErr, os.ErrNotExist):
+		return nil, fmt.Errorf("CA %s: need both %s and %s (%v, %v)", cn, certPath, keyPath, certErr, keyErr)
 	}
 	key, err := newKey()
 	if err != nil {
@@ -102,180 +114,200 @@ func LoadOrCreateCA(dir string) (*CA, error) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "capstan-ca"},
+		Subject:               pkix.Name{CommonName: cn},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().AddDate(10, 0, 0),
+		NotAfter:              time.Now().Add(caLifetime),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, fmt.Errorf("create ca: %w", err)
+		return nil, fmt.Errorf("create CA %s: %w", cn, err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	kp, err := keyPEM(key)
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	kp, err := EncodeKey(key)
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(keyPath, kp, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, kp, 0o600); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
 		return nil, err
 	}
-	return &CA{Cert: cert, CertPEM: certPEM, Key: key}, nil
+	return &CA{Cert: cert, CertPEM: certPEM, Key: key, CertFile: certPath, KeyFile: keyPath}, nil
 }
 
-// Sign issues a certificate for pub.
-func (ca *CA) Sign(pub crypto.PublicKey, cn string, orgs []string, server bool, hosts []string) ([]byte, error) {
+// CertSpec is what a leaf certificate must say.
+type CertSpec struct {
+	CommonName    string
+	Organizations []string
+	// Server and Client choose the extended key usages.
+	Server, Client bool
+	// Hosts are the DNS names and IP addresses a serving certificate covers.
+	Hosts []string
+}
+
+func (s CertSpec) template() *x509.Certificate {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+		Subject:      pkix.Name{CommonName: s.CommonName, Organization: s.Organizations},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().AddDate(5, 0, 0),
+		NotAfter:     time.Now().Add(leafLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
-				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-			} else if h != "" {
-				tmpl.DNSNames = append(tmpl.DNSNames, h)
-			}
+	if s.Server {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
+	}
+	if s.Client {
+		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
+	}
+	for _, h := range s.Hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != "" {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
-	if err != nil {
-		return nil, fmt.Errorf("sign certificate for %s: %w", cn, err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+	return tmpl
 }
 
-// NewKeyPair makes a key and a certificate for it signed by ca.
-func (ca *CA) NewKeyPair(cn string, orgs []string, server bool, hosts []string) (certPEM, keyPEMBytes []byte, err error) {
-	key, err := newKey()
-	if err != nil {
-		return nil, nil, err
+// matches reports whether c, signed by ca, still says what s asks and is
+// not about to expire.
+func (s CertSpec) matches(c *x509.Certificate, ca *CA) bool {
+	if c.CheckSignatureFrom(ca.Cert) != nil || time.Until(c.NotAfter) < renewBefore {
+		return false
 	}
-	certPEM, err = ca.Sign(key.Public(), cn, orgs, server, hosts)
-	if err != nil {
-		return nil, nil, err
+	if c.Subject.CommonName != s.CommonName || !slices.Equal(c.Subject.Organization, s.Organizations) {
+		return false
 	}
-	keyPEMBytes, err = keyPEM(key)
-	return certPEM, keyPEMBytes, err
-}
-
-// EnsureServingCert writes dir/server.crt and server.key for hosts unless a
-// valid pair covering every host already exists.
-func EnsureServingCert(dir string, ca *CA, hosts []string) (certPath, keyPath string, err error) {
-	certPath, keyPath = filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
-	if data, err := os.ReadFile(certPath); err == nil {
-		if c, err := parseCert(data); err == nil && covers(c, hosts) && c.CheckSignatureFrom(ca.Cert) == nil {
-			return certPath, keyPath, nil
-		}
-	}
-	certPEM, kp, err := ca.NewKeyPair("capstan-apiserver", nil, true, hosts)
-	if err != nil {
-		return "", "", err
-	}
-	if err := WriteFileAtomic(keyPath, kp, 0o600); err != nil {
-		return "", "", err
-	}
-	if err := WriteFileAtomic(certPath, certPEM, 0o644); err != nil {
-		return "", "", err
-	}
-	return certPath, keyPath, nil
-}
-
-func covers(c *x509.Certificate, hosts []string) bool {
-	for _, h := range hosts {
-		if h == "" {
-			continue
-		}
-		if c.VerifyHostname(h) != nil {
+	for _, h := range s.Hosts {
+		if h != "" && c.VerifyHostname(h) != nil {
 			return false
 		}
 	}
 	return true
 }
 
-// LoadOrCreateToken reads a secret token from path or creates one.
-func LoadOrCreateToken(path string) (string, error) {
-	if data, err := os.ReadFile(path); err == nil {
-		if t := strings.TrimSpace(string(data)); t != "" {
-			return t, nil
+// NewKeyPair makes a key and a certificate for it signed by ca.
+func (ca *CA) NewKeyPair(spec CertSpec) (certPEM, keyPEM []byte, err error) {
+	key, err := newKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, spec.template(), ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign certificate for %s: %w", spec.CommonName, err)
+	}
+	keyPEM, err = EncodeKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, err
+}
+
+// EnsureCert writes <dir>/<base>.crt and .key unless a pair there, signed
+// by ca, already matches spec. It returns the two paths.
+func (ca *CA) EnsureCert(dir, base string, spec CertSpec) (certPath, keyPath string, err error) {
+	certPath, keyPath = filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key")
+	if data, err := os.ReadFile(certPath); err == nil {
+		if c, err := ParseCert(data); err == nil && spec.matches(c, ca) {
+			if _, err := os.Stat(keyPath); err == nil {
+				return certPath, keyPath, nil
+			}
 		}
 	}
-	b := make([]byte, 24)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
+	certPEM, keyPEM, err := ca.NewKeyPair(spec)
+	if err != nil {
+		return "", "", err
 	}
-	t := hex.EncodeToString(b)
-	return t, WriteFileAtomic(path, []byte(t+"\n"), 0o600)
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
+		return "", "", err
+	}
+	if err := atomicfile.Write(certPath, certPEM, 0o644); err != nil {
+		return "", "", err
+	}
+	return certPath, keyPath, nil
+}
+
+// EnsureServiceAccountKey writes an RSA key pair for signing service-account
+// tokens (<dir>/sa.key and sa.pub) unless one is there, and returns the paths.
+// RSA, not ECDSA: every OIDC consumer of the tokens understands RS256.
+func EnsureServiceAccountKey(dir string) (keyPath, pubPath string, err error) {
+	keyPath, pubPath = filepath.Join(dir, "sa.key"), filepath.Join(dir, "sa.pub")
+	if data, err := os.ReadFile(keyPath); err == nil {
+		if _, err := parseKey(data); err != nil {
+			return "", "", fmt.Errorf("%s: %w", keyPath, err)
+		}
+		if _, err := os.Stat(pubPath); err == nil {
+			return keyPath, pubPath, nil
+		}
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return "", "", err
+	}
+	kp, err := EncodeKey(key)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return "", "", err
+	}
+	if err := atomicfile.Write(keyPath, kp, 0o600); err != nil {
+		return "", "", err
+	}
+	pub := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	return keyPath, pubPath, atomicfile.Write(pubPath, pub, 0o644)
 }
 
 // Kubeconfig is what a client needs to reach the API server.
 type Kubeconfig struct {
-	Server  string
-	CAPEM   []byte
-	CertPEM []byte
-	KeyPEM  []byte
-	Token   string
-	User    string
+	Server string
+	CAPEM  []byte
+	// Either a client certificate and key (inline or as files) or a token.
+	CertPEM, KeyPEM   []byte
+	CertFile, KeyFile string
+	Token             string
+	User              string
 }
 
 // WriteKubeconfig writes a one-context kubeconfig with mode 0600.
 func WriteKubeconfig(path string, k Kubeconfig) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["capstan"] = &clientcmdapi.Cluster{Server: k.Server, CertificateAuthorityData: k.CAPEM}
-	cfg.AuthInfos[k.User] = &clientcmdapi.AuthInfo{ClientCertificateData: k.CertPEM, ClientKeyData: k.KeyPEM, Token: k.Token}
+	cfg.AuthInfos[k.User] = &clientcmdapi.AuthInfo{
+		ClientCertificateData: k.CertPEM, ClientKeyData: k.KeyPEM,
+		ClientCertificate: k.CertFile, ClientKey: k.KeyFile, Token: k.Token,
+	}
 	cfg.Contexts["capstan"] = &clientcmdapi.Context{Cluster: "capstan", AuthInfo: k.User, Namespace: "default"}
 	cfg.CurrentContext = "capstan"
 	data, err := clientcmd.Write(*cfg)
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(path, data, 0o600)
+	return atomicfile.Write(path, data, 0o600)
 }
 
-// NewCSR makes a key and a PEM certificate request for it, for a node
-// asking the cluster CA for a certificate it keeps the key of.
-func NewCSR(cn string, orgs []string) (csrPEM, keyPEMBytes []byte, err error) {
-	key, err := newKey()
+// EnsureClientKubeconfig writes a kubeconfig at path for a client certificate
+// matching spec, keeping the one there while its certificate still matches
+// (signed by ca, same subject) and it names server.
+func (ca *CA) EnsureClientKubeconfig(path, server string, spec CertSpec) error {
+	spec.Client = true
+	if cfg, err := clientcmd.LoadFromFile(path); err == nil {
+		for _, ctx := range cfg.Contexts {
+			cl, user := cfg.Clusters[ctx.Cluster], cfg.AuthInfos[ctx.AuthInfo]
+			if cl == nil || user == nil || cl.Server != server {
+				continue
+			}
+			if c, err := ParseCert(user.ClientCertificateData); err == nil && spec.matches(c, ca) {
+				return nil
+			}
+		}
+	}
+	certPEM, keyPEM, err := ca.NewKeyPair(spec)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: cn, Organization: orgs},
-	}, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("certificate request: %w", err)
-	}
-	keyPEMBytes, err = keyPEM(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), keyPEMBytes, nil
-}
-
-// CertCovers reports whether the PEM certificate at path is signed by the
-// CA in caPEM and valid for every host.
-func CertCovers(path string, caPEM []byte, hosts []string) bool {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return false
-	}
-	c, err := parseCert(data)
-	if err != nil || time.Now().After(c.NotAfter) {
-		return false
-	}
-	ca, err := parseCert(caPEM)
-	if err != nil || c.CheckSignatureFrom(ca) != nil {
-		return false
-	}
-	return covers(c, hosts)
+	return WriteKubeconfig(path, Kubeconfig{Server: server, CAPEM: ca.CertPEM, CertPEM: certPEM, KeyPEM: keyPEM, User: spec.CommonName})
 }

@@ -3,6 +3,7 @@ package pki_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -10,13 +11,22 @@ import (
 	"github.com/capstan-net/capstan/control/pki"
 )
 
-func TestCAReloadAndServingCert(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(dir)
+func read(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := pki.LoadOrCreateCA(dir)
+	return string(data)
+}
+
+func TestCAReload(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(dir, "ca", "test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := pki.LoadOrCreateCA(dir, "ca", "test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,48 +36,94 @@ func TestCAReloadAndServingCert(t *testing.T) {
 	if st, _ := os.Stat(filepath.Join(dir, "ca.key")); st.Mode().Perm() != 0o600 {
 		t.Fatalf("ca.key mode %v, want 0600", st.Mode().Perm())
 	}
-	certPath, _, err := pki.EnsureServingCert(dir, ca, []string{"127.0.0.1", "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, _ := os.ReadFile(certPath)
-	// Same hosts: kept. A new host: reissued.
-	pki.EnsureServingCert(dir, ca, []string{"127.0.0.1"})
-	if kept, _ := os.ReadFile(certPath); string(kept) != string(first) {
-		t.Fatal("serving certificate reissued though it covered every host")
-	}
-	pki.EnsureServingCert(dir, ca, []string{"127.0.0.1", "10.0.0.7"})
-	if re, _ := os.ReadFile(certPath); string(re) == string(first) {
-		t.Fatal("serving certificate not reissued for a new host")
+	// A CA certificate without its key must not be replaced.
+	os.Remove(filepath.Join(dir, "ca.key"))
+	if _, err := pki.LoadOrCreateCA(dir, "ca", "test-ca"); err == nil {
+		t.Fatal("a CA with its key missing was accepted (or replaced)")
 	}
 }
 
-func TestTokenAndKubeconfig(t *testing.T) {
+func TestEnsureCertKeepsOrReissues(t *testing.T) {
 	dir := t.TempDir()
-	tok, err := pki.LoadOrCreateToken(filepath.Join(dir, "join-token"))
-	if err != nil || len(tok) < 32 {
-		t.Fatalf("token %q, %v", tok, err)
-	}
-	if again, _ := pki.LoadOrCreateToken(filepath.Join(dir, "join-token")); again != tok {
-		t.Fatal("token changed across loads")
-	}
-	ca, err := pki.LoadOrCreateCA(dir)
+	ca, err := pki.LoadOrCreateCA(dir, "ca", "test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := ca.NewKeyPair("admin", []string{"system:masters"}, false, nil)
+	spec := pki.CertSpec{CommonName: "kube-apiserver", Server: true, Hosts: []string{"127.0.0.1", "localhost"}}
+	certPath, _, err := ca.EnsureCert(dir, "apiserver", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := read(t, certPath)
+	if _, _, err := ca.EnsureCert(dir, "apiserver", spec); err != nil || read(t, certPath) != first {
+		t.Fatalf("same spec: certificate reissued (%v)", err)
+	}
+	spec.Hosts = append(spec.Hosts, "10.0.0.7")
+	ca.EnsureCert(dir, "apiserver", spec)
+	second := read(t, certPath)
+	if second == first {
+		t.Fatal("a new host did not reissue the certificate")
+	}
+	c, err := pki.ParseCert([]byte(second))
+	if err != nil || c.VerifyHostname("10.0.0.7") != nil {
+		t.Fatalf("reissued certificate does not cover the new host: %v", err)
+	}
+	spec.Organizations = []string{"system:masters"}
+	ca.EnsureCert(dir, "apiserver", spec)
+	if read(t, certPath) == second {
+		t.Fatal("a new organization did not reissue the certificate")
+	}
+	// A certificate signed by another CA is replaced.
+	other, _ := pki.LoadOrCreateCA(t.TempDir(), "ca", "other")
+	other.EnsureCert(dir, "apiserver", spec)
+	ca.EnsureCert(dir, "apiserver", spec)
+	c, _ = pki.ParseCert([]byte(read(t, certPath)))
+	if c.CheckSignatureFrom(ca.Cert) != nil {
+		t.Fatal("a certificate of another CA was kept")
+	}
+}
+
+func TestServiceAccountKey(t *testing.T) {
+	dir := t.TempDir()
+	key, pub, err := pki.EnsureServiceAccountKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := read(t, key)
+	if !strings.Contains(read(t, pub), "PUBLIC KEY") {
+		t.Fatal("sa.pub holds no public key")
+	}
+	if _, _, err := pki.EnsureServiceAccountKey(dir); err != nil || read(t, key) != k {
+		t.Fatal("the service-account key changed across starts: every token would be invalid")
+	}
+}
+
+func TestClientKubeconfig(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(dir, "ca", "test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "admin.kubeconfig")
-	if err := pki.WriteKubeconfig(path, pki.Kubeconfig{Server: "https://127.0.0.1:6443", CAPEM: ca.CertPEM, CertPEM: cert, KeyPEM: key, User: "admin"}); err != nil {
+	spec := pki.CertSpec{CommonName: "kubernetes-admin", Organizations: []string{"system:masters"}}
+	if err := ca.EnsureClientKubeconfig(path, "https://127.0.0.1:6443", spec); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
 		t.Fatalf("kubeconfig mode %v, want 0600", st.Mode().Perm())
 	}
+	first := read(t, path)
+	ca.EnsureClientKubeconfig(path, "https://127.0.0.1:6443", spec)
+	if read(t, path) != first {
+		t.Fatal("an up-to-date kubeconfig was rewritten")
+	}
+	ca.EnsureClientKubeconfig(path, "https://10.0.0.1:6443", spec)
 	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil || cfg.Host != "https://127.0.0.1:6443" || len(cfg.CertData) == 0 {
-		t.Fatalf("kubeconfig did not load: %+v %v", cfg, err)
+	if err != nil || cfg.Host != "https://10.0.0.1:6443" || len(cfg.CertData) == 0 {
+		t.Fatalf("kubeconfig for a new address: %+v %v", cfg, err)
+	}
+	c, err := pki.ParseCert(cfg.CertData)
+	if err != nil || c.Subject.CommonName != "kubernetes-admin" || c.Subject.Organization[0] != "system:masters" {
+		t.Fatalf("client certificate subject: %v %v", c.Subject, err)
 	}
 }

@@ -1,86 +1,108 @@
-// Package server runs `capstan server`: etcd (embedded or external), the
-// API server over HTTPS, storage compaction and the built-in controllers.
+// Package server runs `capstan server`: the upstream kube-apiserver,
+// kube-controller-manager and kube-scheduler in one process, on an embedded
+// etcd member or an external etcd cluster, with the PKI, the kubeconfigs and
+// the join token they need, created on first start under the data dir.
 package server
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime/debug"
-	"strconv"
 	"time"
 
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer/json"
-	"k8s.io/kubernetes/pkg/api/legacyscheme"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
-	"github.com/capstan-net/capstan/control/apiserver"
+	"github.com/capstan-net/capstan/control/bootstrap"
+	"github.com/capstan-net/capstan/control/components"
+	"github.com/capstan-net/capstan/control/csrapprover"
 	"github.com/capstan-net/capstan/control/etcd"
-	"github.com/capstan-net/capstan/control/pki"
-	"github.com/capstan-net/capstan/control/registry"
-	"github.com/capstan-net/capstan/control/storage"
 )
 
 // Config is `capstan server`'s configuration.
 type Config struct {
 	DataDir     string
 	BindAddress string
-	// SecurePort to listen on; 0 picks a free port (tests).
-	SecurePort   int
-	EtcdServers  []string
-	EtcdCertFile string
-	EtcdKeyFile  string
-	EtcdCAFile   string
-	EtcdPrefix   string
-	// ServiceCIDR for ClusterIPs and NodePortRange "30000-32767".
-	ServiceCIDR   string
-	NodePortRange string
-	// CompactionInterval between etcd compactions (0 disables).
-	CompactionInterval time.Duration
-	// BookmarkInterval between watch bookmarks.
-	BookmarkInterval time.Duration
-	// AdvertiseAddress is put in kubeconfigs and the kubernetes Service.
+	SecurePort  int
+	// AdvertiseAddress is the address nodes and kubeconfigs use, and the
+	// endpoint of the kubernetes Service.
 	AdvertiseAddress string
-	// Controllers selects and elects the built-in control loops.
-	Controllers ControllersConfig
-	// Ready is closed once the server serves (tests use it).
-	Ready chan<- struct{}
+	// ExtraSANs are further names for the API server's certificate.
+	ExtraSANs []string
+
+	EtcdEndpoints                         []string
+	EtcdCertFile, EtcdKeyFile, EtcdCAFile string
+	EtcdPrefix                            string
+
+	ServiceCIDR      string
+	ClusterCIDR      string
+	NodeCIDRMaskSize int
+	NodePortRange    string
+	ClusterDomain    string
+	// LeaderElect runs kube-controller-manager's and kube-scheduler's loops
+	// only in the server holding their Lease (several servers on one etcd).
+	LeaderElect bool
+
+	// "name=value" flags for each upstream component, over Capstan's defaults.
+	APIServerArgs, ControllerManagerArgs, SchedulerArgs []string
+
+	Log *slog.Logger
+
+	firstServiceIP net.IP
 }
 
-// Defaults fills unset fields with the documented defaults.
-func (c *Config) Defaults() {
-	if c.DataDir == "" {
-		c.DataDir = "/var/lib/capstan"
+// Defaults for `capstan server`.
+const (
+	DefaultDataDir       = "/var/lib/capstan"
+	DefaultServiceCIDR   = "10.96.0.0/16"
+	DefaultClusterCIDR   = "10.244.0.0/16"
+	DefaultNodePortRange = "30000-32767"
+	DefaultClusterDomain = "cluster.local"
+)
+
+func (c *Config) setDefaults() error {
+	for _, d := range []struct {
+		field *string
+		value string
+	}{
+		{&c.DataDir, DefaultDataDir}, {&c.BindAddress, "0.0.0.0"}, {&c.ServiceCIDR, DefaultServiceCIDR},
+		{&c.ClusterCIDR, DefaultClusterCIDR}, {&c.NodePortRange, DefaultNodePortRange}, {&c.ClusterDomain, DefaultClusterDomain},
+	} {
+		if *d.field == "" {
+			*d.field = d.value
+		}
 	}
-	if c.BindAddress == "" {
-		c.BindAddress = "0.0.0.0"
+	if c.SecurePort == 0 {
+		c.SecurePort = 6443
 	}
-	if c.ServiceCIDR == "" {
-		c.ServiceCIDR = "10.96.0.0/16"
+	if c.NodeCIDRMaskSize == 0 {
+		c.NodeCIDRMaskSize = 24
 	}
-	if c.NodePortRange == "" {
-		c.NodePortRange = "30000-32767"
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
 	}
-	if c.Controllers.ClusterCIDR == "" {
-		c.Controllers.ClusterCIDR = "10.244.0.0/16"
+	if c.SecurePort < 1 || c.SecurePort > 65535 {
+		return fmt.Errorf("--secure-port %d: want 1-65535", c.SecurePort)
 	}
-	if c.Controllers.NodeCIDRMaskSize == 0 {
-		c.Controllers.NodeCIDRMaskSize = 24
+	if net.ParseIP(c.BindAddress) == nil {
+		return fmt.Errorf("--bind-address %q: want an IP address", c.BindAddress)
 	}
-	if c.CompactionInterval == 0 {
-		c.CompactionInterval = 5 * time.Minute
+	svc, err := netip.ParsePrefix(c.ServiceCIDR)
+	if err != nil {
+		return fmt.Errorf("--service-cidr: %w", err)
 	}
-	if c.BookmarkInterval == 0 {
-		c.BookmarkInterval = time.Minute
+	if _, err := netip.ParsePrefix(c.ClusterCIDR); err != nil {
+		return fmt.Errorf("--cluster-cidr: %w", err)
 	}
+	// The kubernetes Service takes the range's first address, as upstream.
+	c.firstServiceIP = net.IP(svc.Masked().Addr().Next().AsSlice())
+	return nil
 }
 
 // AdminKubeconfig is the path of the admin kubeconfig in a data dir.
@@ -89,148 +111,197 @@ func AdminKubeconfig(dataDir string) string { return filepath.Join(dataDir, "adm
 // JoinTokenPath is the path of the node join token in a data dir.
 func JoinTokenPath(dataDir string) string { return filepath.Join(dataDir, "join-token") }
 
+// advertise is the address given to clients: the flag, else the bind
+// address, else the address of the default route.
+func advertise(cfg *Config) (string, error) {
+	if cfg.AdvertiseAddress != "" {
+		if ip := net.ParseIP(cfg.AdvertiseAddress); ip == nil || ip.IsUnspecified() || ip.IsLoopback() {
+			return "", fmt.Errorf("--advertise-address %q: want an address nodes and pods can reach (not loopback)", cfg.AdvertiseAddress)
+		}
+		return cfg.AdvertiseAddress, nil
+	}
+	if ip := net.ParseIP(cfg.BindAddress); !ip.IsUnspecified() && !ip.IsLoopback() {
+		return cfg.BindAddress, nil
+	}
+	c, err := net.Dial("udp4", "192.0.2.1:9") // no packet is sent: this picks the route's source
+	if err != nil {
+		return "", fmt.Errorf("no default route to pick an advertise address from; set --advertise-address: %w", err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
+}
+
 // Run serves until ctx ends.
-func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
-	cfg.Defaults()
-	if os.Getenv("GOGC") == "" {
-		// The server allocates heavily per request; memory is cheaper
-		// than the CPU a tight GC target costs it.
-		debug.SetGCPercent(300)
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	ov, err := parseOverrides(&cfg)
+	if err != nil {
+		return err
+	}
+	if err := checkLayout(cfg.DataDir); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	pkiDir := filepath.Join(cfg.DataDir, "pki")
-	ca, err := pki.LoadOrCreateCA(pkiDir)
+	adv, err := advertise(&cfg)
 	if err != nil {
-		return fmt.Errorf("certificate authority: %w", err)
+		return err
 	}
-	token, err := pki.LoadOrCreateToken(JoinTokenPath(cfg.DataDir))
+	f, err := ensureCerts(&cfg, adv)
 	if err != nil {
-		return fmt.Errorf("join token: %w", err)
+		return err
 	}
-	advertise := cfg.AdvertiseAddress
-	if advertise == "" {
-		advertise = cfg.BindAddress
-		if ip := net.ParseIP(advertise); ip == nil || ip.IsUnspecified() {
-			advertise = "127.0.0.1"
+	token, err := bootstrap.LoadOrCreateToken(JoinTokenPath(cfg.DataDir))
+	if err != nil {
+		return err
+	}
+	if err := writeLayout(cfg.DataDir); err != nil {
+		return err
+	}
+	e, err := startEtcd(ctx, &cfg, f)
+	if err != nil {
+		return err
+	}
+	defer e.Close(2 * time.Second)
+	return serve(ctx, &cfg, f, e, adv, ov, token)
+}
+
+func startEtcd(ctx context.Context, cfg *Config, f *files) (*etcd.Etcd, error) {
+	ec := etcd.Config{DataDir: cfg.DataDir, Endpoints: cfg.EtcdEndpoints,
+		CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile, CAFile: cfg.EtcdCAFile}
+	if len(cfg.EtcdEndpoints) == 0 {
+		ec.CertFile, ec.KeyFile, ec.CAFile = f.etcdClientCert, f.etcdClientKey, f.etcdCA.CertFile
+		ec.ServerCertFile, ec.ServerKeyFile = f.etcdServerCert, f.etcdServerKey
+	}
+	return etcd.Start(ctx, ec, cfg.Log)
+}
+
+// serve runs the three components and Capstan's own loops. The API server
+// stops with ctx; the controller manager and scheduler get a context that
+// does not end, since on losing their lease they exit the process (upstream
+// behaviour), which must not preempt the API server's graceful shutdown.
+func serve(ctx context.Context, cfg *Config, f *files, e *etcd.Etcd, adv string, ov *overrides, token string) error {
+	runAPI, err := components.APIServer().Parse(components.Merge(apiserverArgs(cfg, f, e, adv), ov.apiserver))
+	if err != nil {
+		return err
+	}
+	runKCM, err := components.ControllerManager().Parse(components.Merge(controllerManagerArgs(cfg, f), ov.controllerManager))
+	if err != nil {
+		return err
+	}
+	runSched, err := components.Scheduler().Parse(components.Merge(schedulerArgs(cfg, f), ov.scheduler))
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 3)
+	apiDone := make(chan struct{})
+	go func() {
+		defer close(apiDone)
+		if err := runAPI(ctx); err != nil {
+			errc <- fmt.Errorf("kube-apiserver: %w", err)
 		}
-	}
-	hosts := []string{"127.0.0.1", "localhost", advertise, "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}
-	if first, err := registry.FirstServiceIP(cfg.ServiceCIDR); err == nil {
-		hosts = append(hosts, first.String())
-	}
-	if h, err := os.Hostname(); err == nil {
-		hosts = append(hosts, h)
-	}
-	certFile, keyFile, err := pki.EnsureServingCert(pkiDir, ca, hosts)
-	if err != nil {
-		return fmt.Errorf("serving certificate: %w", err)
-	}
-
-	ec, err := etcd.Start(ctx, etcd.Config{
-		DataDir: cfg.DataDir, Endpoints: cfg.EtcdServers,
-		CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile, CAFile: cfg.EtcdCAFile, Prefix: cfg.EtcdPrefix,
-		ProgressNotifyInterval: cfg.BookmarkInterval,
-	}, log)
+	}()
+	cs, err := localClient(f.serverKubeconfig)
 	if err != nil {
 		return err
 	}
-	defer ec.Close()
-
-	// Stored bytes are versioned JSON; decoding neither converts nor defaults.
-	jsonSer := json.NewSerializerWithOptions(json.DefaultMetaFactory, legacyscheme.Scheme, legacyscheme.Scheme, json.SerializerOptions{})
-	codec := runtime.NewCodec(
-		legacyscheme.Codecs.EncoderForVersion(jsonSer, schema.GroupVersions(storageVersions())),
-		legacyscheme.Codecs.UniversalDeserializer())
-	store := storage.New(ec.Client, codec, log)
-	reg := registry.New()
-	alloc, err := registry.NewAllocator(ec.Client, cfg.ServiceCIDR, cfg.NodePortRange)
-	if err != nil {
-		return err
+	if err := waitReady(ctx, cs, errc); err != nil {
+		return stoppedEarly(ctx, err)
 	}
-	proxy, err := nodeProxy(ca, store, reg, log)
-	if err != nil {
-		return err
+	if err := ensureObjects(ctx, cs, token, errc); err != nil {
+		return stoppedEarly(ctx, err)
 	}
-	api, err := apiserver.New(apiserver.Config{
-		Registry: reg, Store: store, Log: log, Hooks: alloc, NodeProxy: proxy,
-		Auth:             &apiserver.Authenticator{CA: ca, JoinToken: token},
-		Metrics:          apiserver.NewMetrics(),
-		BookmarkInterval: cfg.BookmarkInterval,
-		Ready: func(ctx context.Context) error {
-			_, err := store.CurrentRevision(ctx)
-			return err
-		},
-		ExternalAddress: net.JoinHostPort(advertise, strconv.Itoa(cfg.SecurePort)),
-	})
-	if err != nil {
-		return err
-	}
-
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.Cert)
-	listener, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.SecurePort)))
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	port := listener.Addr().(*net.TCPAddr).Port
-	srv := &http.Server{
-		Handler:           api.Handler(),
-		ReadHeaderTimeout: 30 * time.Second,
-		TLSConfig: &tls.Config{
-			ClientAuth: tls.VerifyClientCertIfGiven,
-			ClientCAs:  pool,
-			MinVersion: tls.VersionTLS12,
-			NextProtos: []string{"h2", "http/1.1"},
-		},
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
-
-	adminCert, adminKey, err := ca.NewKeyPair("kubernetes-admin", []string{apiserver.GroupMasters}, false, nil)
-	if err != nil {
-		return err
-	}
-	serverURL := "https://" + net.JoinHostPort(advertise, strconv.Itoa(port))
-	if err := pki.WriteKubeconfig(AdminKubeconfig(cfg.DataDir), pki.Kubeconfig{
-		Server: serverURL, CAPEM: ca.CertPEM, CertPEM: adminCert, KeyPEM: adminKey, User: "admin",
-	}); err != nil {
-		return fmt.Errorf("write admin kubeconfig: %w", err)
-	}
-
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(listener, certFile, keyFile) }()
-	go store.RunCompactor(ctx, cfg.CompactionInterval)
-	log.Info("capstan server listening", "url", serverURL, "kubeconfig", AdminKubeconfig(cfg.DataDir))
-
-	loopback, err := loopbackConfig(AdminKubeconfig(cfg.DataDir))
-	if err != nil {
-		return err
-	}
-	first, _ := registry.FirstServiceIP(cfg.ServiceCIDR)
-	go runControllers(ctx, loopback, bootstrapConfig{serviceCIDR: cfg.ServiceCIDR, firstIP: first.String(), advertise: advertise, port: port}, cfg.Controllers, log)
-	if cfg.Ready != nil {
-		close(cfg.Ready)
-	}
-
+	forever := context.WithoutCancel(ctx)
+	go func() { errc <- fmt.Errorf("kube-controller-manager: %w", runKCM(forever)) }()
+	go func() { errc <- fmt.Errorf("kube-scheduler: %w", runSched(forever)) }()
+	go csrapprover.Run(ctx, cs)
+	cfg.Log.Info("capstan server ready", "url", "https://"+net.JoinHostPort(adv, fmt.Sprint(cfg.SecurePort)),
+		"kubeconfig", f.adminKubeconfig, "joinToken", JoinTokenPath(cfg.DataDir))
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
+		return err
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	srv.Shutdown(sctx)
+	return shutdown(cfg, apiDone)
+}
+
+// shutdown waits a little for the API server to finish. The controller
+// manager and scheduler exit the process with status 1 when they lose their
+// leases, which a stopping API server makes them do; once the server is
+// asked to stop, that exit is the clean one it was asked for.
+func shutdown(cfg *Config, apiDone <-chan struct{}) error {
+	klog.OsExit = func(int) { os.Exit(0) }
+	// The API server stops listening at once, then drains requests in
+	// flight, which the in-process controller manager keeps making. Bound the
+	// wait, with etcd's, below the controller manager's lease renewal
+	// deadline (10 s): past it, it would exit the process with an error.
+	select {
+	case <-apiDone:
+	case <-time.After(3 * time.Second):
+		cfg.Log.Info("kube-apiserver still draining requests after 3s; exiting")
+	}
 	return nil
 }
 
-// storageVersions are the versions objects are written in.
-func storageVersions() []schema.GroupVersion {
-	return []schema.GroupVersion{
-		{Version: "v1"}, {Group: "apps", Version: "v1"}, {Group: "discovery.k8s.io", Version: "v1"},
-		{Group: "networking.k8s.io", Version: "v1"}, {Group: "coordination.k8s.io", Version: "v1"},
-		{Group: "events.k8s.io", Version: "v1"},
+// stoppedEarly is err, unless the server was asked to stop while starting.
+func stoppedEarly(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
 	}
+	return err
+}
+
+func localClient(kubeconfig string) (*kubernetes.Clientset, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("server kubeconfig: %w", err)
+	}
+	rc.UserAgent = "capstan-server"
+	return kubernetes.NewForConfig(rc)
+}
+
+// waitReady waits for the API server's /readyz, or for it to fail.
+func waitReady(ctx context.Context, cs kubernetes.Interface, errc <-chan error) error {
+	deadline := time.Now().Add(3 * time.Minute)
+	var last error
+	for time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, last = cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("kube-apiserver not ready after 3m: %w", last)
+}
+
+// ensureObjects creates the join token's Secret and the RBAC nodes need,
+// retrying while the API server settles.
+func ensureObjects(ctx context.Context, cs kubernetes.Interface, token string, errc <-chan error) error {
+	var err error
+	for range 60 {
+		if err = bootstrap.EnsureTokenSecret(ctx, cs, token); err == nil {
+			if err = bootstrap.EnsureRBAC(ctx, cs); err == nil {
+				return nil
+			}
+		}
+		select {
+		case e := <-errc:
+			return e
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return fmt.Errorf("bootstrap objects: %w", errors.Join(err))
 }

@@ -102,6 +102,11 @@ type Config struct {
 	// Registry receives the metrics; nil makes a new one.
 	Registry *prometheus.Registry
 
+	// Ready, when set, is called once the programs are attached and the
+	// watchers run: the agent then lets pods on the node (writes the CNI
+	// configuration), so the node turns Ready only when pods get a network.
+	Ready func()
+
 	Logger *slog.Logger
 	Clock  clock.WithTicker
 }
@@ -439,6 +444,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		go syncLoop(ctx, routesKick, r.sync, log, "tunnel routes")
 	}
 	log.Info("dataplane running", "mode", cfg.Mode, "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
 	polDone := make(chan struct{})
 	// Wait for it on the way out: the datapath's maps close after Run returns.
 	defer func() { <-polDone }()

@@ -36,8 +36,11 @@ import (
 
 const clientEnv = "CAPSTAN_DP_TEST_CLIENT"
 
+// testServerArgs keep the control plane to what the tests do not do by hand:
+// they write Pods, EndpointSlices and Nodes themselves, with no kubelet.
+var testServerArgs = []string{"--kube-controller-manager-arg", "controllers=serviceaccount-controller,namespace-controller"}
+
 func TestMain(m *testing.M) {
-	servertest.MaybeRunChild()
 	if args := os.Getenv(clientEnv); args != "" {
 		os.Exit(runClient(strings.Fields(args)))
 	}
@@ -478,7 +481,7 @@ func TestDaemonServesClusterIPAcrossRestart(t *testing.T) {
 	requireRoot(t)
 	// The API server is a child process: start it before any thread enters the test
 	// namespace, so it listens where the daemon can reach it.
-	srv := servertest.Start(t, servertest.Options{})
+	srv := servertest.ForTest(t, testServerArgs...)
 	cs := kubernetes.NewForConfigOrDie(srv.Config)
 	ctx := context.Background()
 

@@ -23,7 +23,7 @@ import (
 // server into the pinned maps and the policies' events.
 func TestDaemonPolicy(t *testing.T) {
 	requireRoot(t)
-	srv := servertest.Start(t, servertest.Options{})
+	srv := servertest.ForTest(t, testServerArgs...)
 	cs := kubernetes.NewForConfigOrDie(srv.Config)
 	ctx := context.Background()
 	pinDir := mountBPFFS(t) + "/node-p"

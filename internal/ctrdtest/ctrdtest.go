@@ -1,13 +1,16 @@
-// Package ctrdtest gives tests a client of the project's containerd
-// (scripts/containerd.sh) and a containerd namespace of their own, removed with
-// everything in it when the test ends. Only tests import it.
+// Package ctrdtest gives tests a containerd of their own (the one make build
+// puts in bin/, with the node agent's configuration, in a temporary
+// directory) and a containerd namespace, removed with everything in it when
+// the test ends. Only tests import it.
 package ctrdtest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,31 +21,69 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+
+	"github.com/capstan-net/capstan/kubelet/containerd"
 )
 
-// defaultSocket is where scripts/containerd.sh starts Capstan's containerd.
-const defaultSocket = "/run/capstan/containerd/containerd.sock"
-
-// Client connects to the project containerd. It fails, never skips: this
-// test exists to run against a real containerd.
+// Client starts a containerd for the test and connects to it. It fails,
+// never skips: these tests exist to run against a real containerd. The
+// binary is $CAPSTAN_CONTAINERD, else bin/containerd of the module.
 func Client(t testing.TB) *client.Client {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("this test needs root (it runs containers)")
 	}
-	socket := os.Getenv("CAPSTAN_CONTAINERD_SOCKET")
-	if socket == "" {
-		socket = defaultSocket
-	}
-	if _, err := os.Stat(socket); err != nil {
-		t.Fatalf("no containerd at %s (%v): run scripts/containerd.sh start", socket, err)
-	}
-	c, err := client.New(socket, client.WithTimeout(10*time.Second))
+	bin, err := binary()
 	if err != nil {
-		t.Fatalf("connect to containerd at %s: %v (run scripts/containerd.sh start)", socket, err)
+		t.Fatal(err)
+	}
+	// Short paths: containerd's sockets live under the state dir.
+	dir, err := os.MkdirTemp("", "ctrd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &containerd.Config{
+		Binary: bin, ShimDir: filepath.Dir(bin),
+		Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "s"),
+		CNIConfDir: filepath.Join(dir, "cni"), LogFile: filepath.Join(dir, "containerd.log"),
+		Log: slog.New(slog.DiscardHandler),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cfg.Supervise(ctx, func() {}) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		exec.Command("umount", "-R", dir).Run()
+		os.RemoveAll(dir)
+		os.RemoveAll(containerd.ShimSocketDir(cfg.State))
+	})
+	if err := containerd.WaitReady(ctx, cfg.Socket(), 30*time.Second); err != nil {
+		log, _ := os.ReadFile(cfg.LogFile)
+		t.Fatalf("%v\n%s", err, log)
+	}
+	c, err := client.New(cfg.Socket(), client.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatalf("connect to containerd at %s: %v", cfg.Socket(), err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// binary finds the containerd to run.
+func binary() (string, error) {
+	if b := os.Getenv("CAPSTAN_CONTAINERD"); b != "" {
+		return b, nil
+	}
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	b := filepath.Join(filepath.Dir(strings.TrimSpace(string(gomod))), "bin", "containerd")
+	if _, err := os.Stat(b); err != nil {
+		return "", fmt.Errorf("no containerd at %s: make build builds it (or set CAPSTAN_CONTAINERD)", b)
+	}
+	return b, nil
 }
 
 // Namespace names a containerd namespace after the test (and this process,
@@ -102,6 +143,11 @@ func removeNamespace(ctx context.Context, c *client.Client, ns string) error {
 	for range 50 {
 		if nerr = c.NamespaceService().Delete(ctx, ns); nerr == nil || errdefs.IsNotFound(nerr) {
 			removeCgroups(ns)
+			// Containers made through the client (not CRI) keep runc's state
+			// in its default root.
+			os.RemoveAll(filepath.Join("/run/containerd/runc", ns))
+			os.Remove("/run/containerd/runc")
+			os.Remove("/run/containerd")
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -1,12 +1,12 @@
-// Package agent assembles a node: it joins the cluster, connects to
-// containerd, imports the node's images, and runs the kubelet and its
-// HTTPS endpoint. `capstan agent` is a thin wrapper around Run.
+// Package agent assembles a node: its own containerd, the images it needs
+// (there is no registry), the upstream kubelet joining with a bootstrap
+// token, the eBPF dataplane, and the CNI configuration that lets pods on the
+// node once the dataplane is attached. `capstan agent` is a thin wrapper
+// around Run.
 package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,328 +14,343 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
-	"k8s.io/kubectl/pkg/scheme"
 
 	"github.com/capstan-net/capstan/dataplane/daemon"
-	"github.com/capstan-net/capstan/internal/cgroup2"
 	"github.com/capstan-net/capstan/kubelet"
-	"github.com/capstan-net/capstan/kubelet/bootstrap"
-	"github.com/capstan-net/capstan/kubelet/container"
+	"github.com/capstan-net/capstan/kubelet/containerd"
 	"github.com/capstan-net/capstan/kubelet/images"
-	"github.com/capstan-net/capstan/kubelet/logs"
-	"github.com/capstan-net/capstan/kubelet/server"
 )
 
 // Config is the agent's configuration (flags of `capstan agent`).
 type Config struct {
-	Server   string
+	Server string
+	// Token is the join token; needed only until the kubelet has its own
+	// credentials.
 	Token    string
 	CAFile   string
-	Insecure bool
 	NodeName string
 	// NodeIPs are the node's InternalIPs; empty means detect them.
 	NodeIPs []net.IP
-	// DataDir holds credentials, pods, logs and IPAM state under
-	// nodes/<node>; RunDir holds netns pins and endpoint records.
-	DataDir string
-	RunDir  string
-
-	ContainerdSocket    string
-	ContainerdNamespace string // default capstan-<node>
-	CNIConfDir          string
-	CNIBinDirs          []string
-	CgroupParent        string // default capstan/<node>
-	Port                int
-	ImportImages        []string
-	RestartBackoff      time.Duration
-	// Dataplane runs the node's eBPF dataplane (services, pod programs) in
-	// the agent; DataplaneConfig carries its settings (node, client and
-	// endpoints directory are filled in here).
+	// DataDir holds the node's state under nodes/<node>; RunDir its runtime
+	// state (containerd's sockets, pod network namespaces, endpoint records)
+	// under <node>.
+	DataDir    string
+	RunDir     string
+	CNIConfDir string
+	CNIBinDirs []string
+	// CgroupRoot is the cgroup pods run under, default /capstan/<node>.
+	CgroupRoot    string
+	Port          int
+	ImportImages  []string
+	ClusterDNS    []string
+	ClusterDomain string
+	KubeletArgs   []string
+	// Binaries: containerd, the directory of its runc shim, and the pause
+	// program the sandbox image is made of.
+	Containerd, ShimDir, Pause string
+	// Dataplane runs the node's eBPF dataplane in the agent; DataplaneConfig
+	// carries its settings (node, client and endpoints directory are filled in here).
 	Dataplane       bool
 	DataplaneConfig daemon.Config
-	// LogDriver is the absolute path of the capstan binary, run by the
-	// containerd shim as `capstan logdriver <file>`.
-	LogDriver string
-	Log       *slog.Logger
+	Log             *slog.Logger
 }
 
-// Run runs the node until ctx ends. Pods keep running after it returns.
-func Run(ctx context.Context, cfg Config) error {
-	log := cfg.Log
-	if cfg.NodeName == "" {
+func (c *Config) nodeDir() string { return filepath.Join(c.DataDir, "nodes", c.NodeName) }
+func (c *Config) runDir() string  { return filepath.Join(c.RunDir, c.NodeName) }
+
+// ContainerdSocket is where the agent of node runs its containerd.
+func ContainerdSocket(runDir, node string) string {
+	return filepath.Join(runDir, node, "containerd", "containerd.sock")
+}
+
+func (c *Config) setDefaults() error {
+	if c.NodeName == "" {
 		h, err := os.Hostname()
 		if err != nil {
 			return fmt.Errorf("node name: %w", err)
 		}
-		cfg.NodeName = h
+		c.NodeName = h
 	}
-	if len(cfg.NodeIPs) == 0 {
+	if len(c.NodeIPs) == 0 {
 		ip, err := DetectNodeIP()
 		if err != nil {
 			return err
 		}
-		cfg.NodeIPs = []net.IP{ip}
+		c.NodeIPs = []net.IP{ip}
 	}
-	if cfg.ContainerdNamespace == "" {
-		cfg.ContainerdNamespace = "capstan-" + cfg.NodeName
+	if c.CgroupRoot == "" {
+		c.CgroupRoot = "/capstan/" + c.NodeName
 	}
-	if cfg.CgroupParent == "" {
-		cfg.CgroupParent = filepath.Join("capstan", cfg.NodeName)
+	if c.Port == 0 {
+		c.Port = 10250
 	}
-	if cfg.Port == 0 {
-		cfg.Port = 10250
+	if c.ClusterDomain == "" {
+		c.ClusterDomain = "cluster.local"
 	}
-	nodeDir := filepath.Join(cfg.DataDir, "nodes", cfg.NodeName)
-	runDir := filepath.Join(cfg.RunDir, cfg.NodeName)
-
-	// A server that is still starting refuses connections: keep trying
-	// for a while (an agent and its server are often started together).
-	var (
-		creds *bootstrap.Credentials
-		err   error
-	)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		creds, err = bootstrap.Join(ctx, bootstrap.Options{
-			Server: cfg.Server, Token: cfg.Token, CAFile: cfg.CAFile, Insecure: cfg.Insecure,
-			NodeName: cfg.NodeName, Addrs: cfg.NodeIPs, Dir: filepath.Join(nodeDir, "pki"),
-		})
-		var opErr *net.OpError
-		if err == nil || !errors.As(err, &opErr) || time.Now().After(deadline) {
-			break
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	for name, path := range map[string]string{"containerd": c.Containerd, "pause": c.Pause} {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("%s binary: %w (make build puts it beside capstan)", name, err)
 		}
-		log.Info("server not reachable yet; retrying join", "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	if err != nil {
-		return err
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", creds.Kubeconfig)
-	if err != nil {
-		return fmt.Errorf("node kubeconfig: %w", err)
-	}
-	rc.QPS, rc.Burst = 50, 100
-	rc.UserAgent = "capstan-agent/" + cfg.NodeName
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return err
-	}
-
-	ctrd, err := client.New(cfg.ContainerdSocket, client.WithTimeout(10*time.Second))
-	if err != nil {
-		return fmt.Errorf("connect to containerd at %s: %w", cfg.ContainerdSocket, err)
-	}
-	defer ctrd.Close()
-	ver, err := ctrd.Version(ctx)
-	if err != nil {
-		return fmt.Errorf("containerd at %s: %w", cfg.ContainerdSocket, err)
-	}
-	for _, path := range cfg.ImportImages {
-		names, err := images.Import(ctx, ctrd, cfg.ContainerdNamespace, path, log)
-		if err != nil {
-			return fmt.Errorf("import images: %w", err)
-		}
-		log.Info("imported images", "file", path, "images", names)
-	}
-
-	var kl *kubelet.Kubelet
-	rt := container.New(container.Config{
-		Client:    ctrd,
-		Namespace: cfg.ContainerdNamespace,
-		LogIO: func(path string) cio.Creator {
-			if cfg.LogDriver == "" {
-				return cio.NullIO
-			}
-			return logs.IOCreator(cfg.LogDriver, "logdriver", path)
-		},
-		OnExit: func(info container.Info) {
-			if kl != nil {
-				kl.KickPodUID(info.PodUID)
-			}
-		},
-		Log: log,
-	})
-
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "kubelet", Host: cfg.NodeName})
-
-	kl = kubelet.New(kubelet.Config{
-		NodeName: cfg.NodeName,
-		NodeIPs:  cfg.NodeIPs,
-		Client:   cs,
-		Runtime:  rt,
-		Network: &kubelet.CNINetwork{
-			ConfDir: cfg.CNIConfDir, BinDirs: cfg.CNIBinDirs, CacheDir: filepath.Join(runDir, "cni-cache"),
-		},
-		NodeDir:        nodeDir,
-		LogDir:         filepath.Join(nodeDir, "logs"),
-		NetnsDir:       filepath.Join(runDir, "netns"),
-		CgroupParent:   cfg.CgroupParent,
-		KubeletPort:    cfg.Port,
-		RestartBackoff: cfg.RestartBackoff,
-		RuntimeVersion: "containerd://" + ver.Version,
-		CNIConfDir:     cfg.CNIConfDir,
-		IPAMDir:        filepath.Join(nodeDir, "ipam"),
-		EndpointsDir:   filepath.Join(runDir, "endpoints"),
-		MTU:            1500,
-		Recorder:       recorder,
-		Log:            log,
-	})
-
-	cert, err := tls.LoadX509KeyPair(creds.ServingCert, creds.ServingKey)
-	if err != nil {
-		return fmt.Errorf("serving certificate: %w", err)
-	}
-	caPEM, err := os.ReadFile(creds.CAFile)
-	if err != nil {
-		return err
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	srv := server.New(server.Config{Cert: cert, ClientCAs: pool, Pods: kl.Streaming(), Log: log})
-	addr := net.JoinHostPort(cfg.NodeIPs[0].String(), strconv.Itoa(cfg.Port))
-	srvErr := make(chan error, 1)
-	go func() { srvErr <- srv.Run(ctx, addr) }()
-	log.Info("agent running", "node", cfg.NodeName, "ips", cfg.NodeIPs, "endpoint", addr, "containerd", ver.Version)
-
-	dpErr := make(chan error, 1)
-	if cfg.Dataplane {
-		dc := cfg.DataplaneConfig
-		dc.NodeName, dc.RestConfig, dc.Logger = cfg.NodeName, rc, log.With("component", "dataplane")
-		dc.EndpointsDir = filepath.Join(runDir, "endpoints")
-		if dc.PinDir == "" {
-			if err := EnsureBPFFS(DefaultBPFRoot); err != nil {
-				return err
-			}
-			dc.PinDir = filepath.Join(DefaultBPFRoot, "capstan", cfg.NodeName)
-		}
-		if dc.CgroupDir == "" {
-			dir, err := NodeCgroupDir(cfg.CgroupParent)
-			if err != nil {
-				return err
-			}
-			dc.CgroupDir = dir
-		}
-		if len(dc.NodeAddrs) == 0 {
-			for _, ip := range cfg.NodeIPs {
-				if a, ok := netip.AddrFromSlice(ip.To4()); ok {
-					dc.NodeAddrs = append(dc.NodeAddrs, a)
-				}
-			}
-		}
-		go func() { dpErr <- daemon.Run(ctx, dc) }()
-	}
-
-	kerr := make(chan error, 1)
-	go func() { kerr <- kl.Run(ctx) }()
-	select {
-	case err := <-dpErr:
-		if err != nil && ctx.Err() == nil {
-			return fmt.Errorf("dataplane: %w", err)
-		}
-		return <-kerr
-	case err := <-kerr:
-		return err
-	case err := <-srvErr:
-		if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
-			return fmt.Errorf("agent endpoint %s: %w", addr, err)
-		}
-		return <-kerr
-	}
-}
-
-// podMTU leaves room for the VXLAN header (50 bytes) when pods' traffic
-// to other nodes is encapsulated.
-func podMTU(cfg Config) int {
-	if cfg.Dataplane && cfg.DataplaneConfig.Routing == daemon.RoutingVXLAN {
-		return 1450
-	}
-	return 1500
-}
-
-// DefaultBPFRoot is where the bpf filesystem is normally mounted.
-const DefaultBPFRoot = "/sys/fs/bpf"
-
-// EnsureBPFFS mounts a bpf filesystem at dir unless one is there, as
-// Cilium's agent does, so pinned maps and links outlive the agent.
-func EnsureBPFFS(dir string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("bpffs dir: %w", err)
-	}
-	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
 	}
 	return nil
 }
 
-// NodeCgroupDir is the node's cgroup v2 directory (where pods' cgroups
-// are made, and the socket load balancer attaches), created if missing:
-// under the cgroup2 mount, whether that is /sys/fs/cgroup or the unified
-// hierarchy of a hybrid host.
-func NodeCgroupDir(parent string) (string, error) {
-	root, err := cgroup2.Root()
-	if err != nil {
-		return "", fmt.Errorf("agent: %w; the socket load balancer needs one", err)
+func (c *Config) kubelet() *kubelet.Config {
+	return &kubelet.Config{
+		NodeName: c.NodeName, NodeIPs: c.NodeIPs,
+		Dir:             filepath.Join(c.nodeDir(), "kubelet"),
+		RuntimeEndpoint: "unix://" + ContainerdSocket(c.RunDir, c.NodeName),
+		CgroupRoot:      c.CgroupRoot, ClientCAFile: c.CAFile,
+		PodLogsDir: filepath.Join(c.nodeDir(), "pod-logs"), Port: c.Port,
+		ClusterDNS: c.ClusterDNS, ClusterDomain: c.ClusterDomain, ExtraArgs: c.KubeletArgs,
 	}
-	dir := filepath.Join(root, parent)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("node cgroup: %w", err)
-	}
-	return dir, nil
 }
 
-// DetectNodeIP picks the node's address: the source address of the
-// default route, else the first global IPv4 address of an up interface.
-func DetectNodeIP() (net.IP, error) {
-	routes, _ := netlink.RouteList(nil, netlink.FAMILY_V4)
-	for _, r := range routes {
-		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-			if r.Src != nil {
-				return r.Src, nil
-			}
-			if link, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-				if addrs, err := netlink.AddrList(link, netlink.FAMILY_V4); err == nil && len(addrs) > 0 {
-					return addrs[0].IP, nil
-				}
-			}
-		}
+func (c *Config) containerd() *containerd.Config {
+	return &containerd.Config{
+		Binary: c.Containerd, ShimDir: c.ShimDir,
+		Root:       filepath.Join(c.nodeDir(), "containerd"),
+		State:      filepath.Dir(ContainerdSocket(c.RunDir, c.NodeName)),
+		CNIConfDir: c.CNIConfDir, CNIBinDirs: c.CNIBinDirs,
+		LogFile: filepath.Join(c.nodeDir(), "containerd.log"),
+		Log:     c.Log.With("component", "containerd"),
 	}
-	ifs, err := net.Interfaces()
+}
+
+// Run runs the node until ctx ends (or the process gets SIGTERM, which
+// also stops the kubelet). Pods keep running after it returns.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	kc := cfg.kubelet()
+	args, err := kc.Args()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
-			continue
+	if err := checkLayout(cfg.nodeDir()); err != nil {
+		return err
+	}
+	if err := join(ctx, &cfg, kc); err != nil {
+		return err
+	}
+	if err := writeLayout(cfg.nodeDir()); err != nil {
+		return err
+	}
+	if err := kubelet.PrepareCgroupRoot(cfg.CgroupRoot); err != nil {
+		return err
+	}
+	errc := make(chan error, 3)
+	ctrd := cfg.containerd()
+	ctrdReady := make(chan struct{}, 1)
+	go func() {
+		errc <- ctrd.Supervise(ctx, func() {
+			select {
+			case ctrdReady <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-ctrdReady:
+	case err := <-errc:
+		return err
+	case <-time.After(time.Minute):
+		return fmt.Errorf("containerd did not start in 1m: see %s", ctrd.LogFile)
+	}
+	if err := loadImages(ctx, &cfg, ctrd.Socket()); err != nil {
+		return err
+	}
+	if err := kc.WriteConfig(); err != nil {
+		return err
+	}
+	kubeletDone := make(chan error, 1)
+	go func() { kubeletDone <- kubelet.Run(ctx, args) }()
+	cfg.Log.Info("kubelet started", "node", cfg.NodeName, "ips", cfg.NodeIPs, "containerd", ctrd.Socket())
+	rc, err := waitCredentials(ctx, kc, kubeletDone)
+	if err != nil {
+		return err
+	}
+	go func() { errc <- network(ctx, &cfg, rc) }()
+	select {
+	case err := <-kubeletDone:
+		return err
+	case err := <-errc:
+		if err != nil && ctx.Err() == nil {
+			return err
 		}
-		addrs, _ := ifc.Addrs()
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
-				return n.IP, nil
+		return <-kubeletDone
+	}
+}
+
+// join makes sure the kubelet can authenticate: with its own certificate
+// from an earlier start, or with the join token, checked first so that a
+// wrong token or CA is an error now and not a kubelet retrying forever.
+func join(ctx context.Context, cfg *Config, kc *kubelet.Config) error {
+	if kc.Joined() {
+		return nil
+	}
+	if cfg.Token == "" {
+		return errors.New("this node has not joined yet: give the join token (--token-file; the server's <data-dir>/join-token)")
+	}
+	if cfg.Server == "" || cfg.CAFile == "" {
+		return errors.New("joining needs --server and --ca-file (the server's <data-dir>/pki/ca.crt)")
+	}
+	caPEM, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return fmt.Errorf("--ca-file: %w", err)
+	}
+	j := kubelet.Join{Server: cfg.Server, CAPEM: caPEM, Token: cfg.Token}
+	if err := j.Check(ctx, 2*time.Minute); err != nil {
+		return err
+	}
+	return kc.WriteBootstrapKubeconfig(j)
+}
+
+// loadImages makes the sandbox image and imports the archives given.
+func loadImages(ctx context.Context, cfg *Config, socket string) error {
+	c, err := client.New(socket, client.WithTimeout(10*time.Second))
+	if err != nil {
+		return fmt.Errorf("connect to containerd: %w", err)
+	}
+	defer c.Close()
+	if err := images.EnsureSandbox(ctx, c, containerd.Namespace, containerd.SandboxImage, cfg.Pause, cfg.Log); err != nil {
+		return fmt.Errorf("sandbox image: %w", err)
+	}
+	for _, path := range cfg.ImportImages {
+		names, err := images.Import(ctx, c, containerd.Namespace, path, cfg.Log)
+		if err != nil {
+			return fmt.Errorf("import images: %w", err)
+		}
+		cfg.Log.Info("imported images", "file", path, "images", names)
+	}
+	return nil
+}
+
+// waitCredentials waits for the kubelet's TLS bootstrap and returns a client
+// config with the node's own identity (system:node:<name>), which the
+// dataplane uses too.
+func waitCredentials(ctx context.Context, kc *kubelet.Config, kubeletDone <-chan error) (*rest.Config, error) {
+	for !kc.Joined() {
+		select {
+		case err := <-kubeletDone:
+			return nil, fmt.Errorf("kubelet stopped before joining: %w", err)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kc.Kubeconfig())
+	if err != nil {
+		return nil, fmt.Errorf("kubelet kubeconfig: %w", err)
+	}
+	rc.QPS, rc.Burst = 50, 100
+	return rc, nil
+}
+
+// network runs the dataplane and writes the CNI configuration once the
+// dataplane is attached and the node has its pod CIDR.
+func network(ctx context.Context, cfg *Config, rc *rest.Config) error {
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	attached := make(chan struct{})
+	dpErr := make(chan error, 1)
+	if cfg.Dataplane {
+		dc, err := dataplaneConfig(cfg, rc, func() { close(attached) })
+		if err != nil {
+			return err
+		}
+		go func() { dpErr <- daemon.Run(ctx, dc) }()
+	} else {
+		close(attached)
+	}
+	cidrs, err := waitPodCIDRs(ctx, cs, cfg.NodeName)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-attached:
+	case err := <-dpErr:
+		return fmt.Errorf("dataplane: %w", err)
+	case <-ctx.Done():
+		return nil
+	}
+	if _, err := kubelet.WriteCNIConfig(kubelet.CNIConfig{
+		ConfDir: cfg.CNIConfDir, PodCIDRs: cidrs, IPAMDir: filepath.Join(cfg.nodeDir(), "ipam"),
+		EndpointsDir: filepath.Join(cfg.runDir(), "endpoints"), MTU: podMTU(cfg),
+	}); err != nil {
+		return err
+	}
+	cfg.Log.Info("pod network ready", "podCIDRs", cidrs, "conf", filepath.Join(cfg.CNIConfDir, kubelet.CNIConfigName))
+	if !cfg.Dataplane {
+		<-ctx.Done()
+		return nil
+	}
+	if err := <-dpErr; err != nil && ctx.Err() == nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	return nil
+}
+
+func dataplaneConfig(cfg *Config, rc *rest.Config, ready func()) (daemon.Config, error) {
+	dc := cfg.DataplaneConfig
+	dc.NodeName, dc.RestConfig, dc.Logger, dc.Ready = cfg.NodeName, rc, cfg.Log.With("component", "dataplane"), ready
+	dc.EndpointsDir = filepath.Join(cfg.runDir(), "endpoints")
+	if dc.PinDir == "" {
+		if err := EnsureBPFFS(DefaultBPFRoot); err != nil {
+			return dc, err
+		}
+		dc.PinDir = filepath.Join(DefaultBPFRoot, "capstan", cfg.NodeName)
+	}
+	if dc.CgroupDir == "" {
+		dir, err := NodeCgroupDir(cfg.CgroupRoot)
+		if err != nil {
+			return dc, err
+		}
+		dc.CgroupDir = dir
+	}
+	if len(dc.NodeAddrs) == 0 {
+		for _, ip := range cfg.NodeIPs {
+			if a, ok := netip.AddrFromSlice(ip.To4()); ok {
+				dc.NodeAddrs = append(dc.NodeAddrs, a)
 			}
 		}
 	}
-	return nil, errors.New("agent: cannot find the node's IP address; set --node-ip")
+	return dc, nil
+}
+
+// waitPodCIDRs waits for kube-controller-manager to give the node its pod CIDRs.
+func waitPodCIDRs(ctx context.Context, cs kubernetes.Interface, node string) ([]string, error) {
+	for {
+		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err == nil && len(n.Spec.PodCIDRs) > 0 {
+			return n.Spec.PodCIDRs, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// podMTU leaves room for the VXLAN header (50 bytes) when pods' traffic to
+// other nodes is encapsulated.
+func podMTU(cfg *Config) int {
+	if cfg.Dataplane && cfg.DataplaneConfig.Routing == daemon.RoutingVXLAN {
+		return 1450
+	}
+	return 1500
 }

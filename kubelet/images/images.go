@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -29,18 +30,25 @@ var ErrNoImages = errors.New("images: archive names no image")
 // images point at the same manifests, and layers already unpacked are not
 // applied again.
 func Import(ctx context.Context, c *client.Client, namespace, path string, log *slog.Logger) ([]string, error) {
-	ctx = namespaces.WithNamespace(ctx, namespace)
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open archive: %w", err)
 	}
 	defer f.Close()
-	imgs, err := c.Import(ctx, f)
+	return importArchive(ctx, c, namespace, f, path, log)
+}
+
+// importArchive imports the archive read from r (named by source in errors)
+// into namespace and unpacks its images; opts are passed to containerd's
+// importer.
+func importArchive(ctx context.Context, c *client.Client, namespace string, r io.Reader, source string, log *slog.Logger, opts ...client.ImportOpt) ([]string, error) {
+	ctx = namespaces.WithNamespace(ctx, namespace)
+	imgs, err := c.Import(ctx, r, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("import %s: %w", path, err)
+		return nil, fmt.Errorf("import %s: %w", source, err)
 	}
 	if len(imgs) == 0 {
-		return nil, fmt.Errorf("%w: %s", ErrNoImages, path)
+		return nil, fmt.Errorf("%w: %s", ErrNoImages, source)
 	}
 	names := make([]string, 0, len(imgs))
 	for _, img := range imgs {

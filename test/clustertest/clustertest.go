@@ -27,25 +27,18 @@ import (
 	"github.com/capstan-net/capstan/test/integration/testbin"
 )
 
-// ContainerdSocket is the project's own containerd (scripts/containerd.sh).
-const ContainerdSocket = "/run/capstan/containerd/containerd.sock"
-
 // Tools are what a suite brings clusters up with.
 type Tools struct {
-	Capstan string // capstan, built by the Makefile (capstan-cni and capstan-logdriver beside it)
+	Capstan string // capstan, built by the Makefile (what nodes run beside it)
 	Echo    string // capstan-echo for the host: clients outside pods
 	Images  string // the test images archive every agent imports
-	Socket  string // the containerd socket
 }
 
-// Build checks that the suite can run here (root, containerd) and builds
-// the tools into dir.
+// Build checks that the suite can run here (root) and builds the tools into
+// dir.
 func Build(dir string) (*Tools, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("a whole-cluster suite needs root")
-	}
-	if _, err := os.Stat(ContainerdSocket); err != nil {
-		return nil, fmt.Errorf("no containerd at %s: run scripts/containerd.sh start", ContainerdSocket)
 	}
 	root, err := testbin.RepoRoot()
 	if err != nil {
@@ -67,7 +60,7 @@ func Build(dir string) (*Tools, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tools{Capstan: capstan, Echo: echo, Images: images, Socket: ContainerdSocket}, nil
+	return &Tools{Capstan: capstan, Echo: echo, Images: images}, nil
 }
 
 // Cluster is a running cluster a suite talks to.

@@ -117,7 +117,7 @@ func runCase(t *testing.T, cc clusterCase, tools *clustertest.Tools) []result {
 		Name: fmt.Sprintf("e2e%04x", rand.IntN(1<<16)), DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"),
 		Nodes: 3, Routing: cc.routing, Mode: cc.mode,
 		Subnet: netip.MustParsePrefix(fmt.Sprintf("172.29.%d.0/24", 1+rand.IntN(250))),
-		Port:   20000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images}, ContainerdSocket: tools.Socket,
+		Port:   20000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images},
 		// A stopped agent's node is declared unreachable, and its pods
 		// evicted, within a scenario's patience.
 		ServerArgs: []string{"--node-monitor-grace-period", "10s", "--default-unreachable-toleration-seconds", "5"},

@@ -170,7 +170,7 @@ func setup(t *testing.T) *suite {
 			Name: fmt.Sprintf("np%04x", rand.IntN(1<<16)), DataDir: filepath.Join(dir, "data"), RunDir: filepath.Join(dir, "run"),
 			Nodes: 3, Routing: cmp.Or(os.Getenv("CAPSTAN_NETPOL_ROUTING"), "native"), Mode: mode,
 			Subnet: netip.MustParsePrefix(fmt.Sprintf("172.28.%d.0/24", 1+rand.IntN(250))),
-			Port:   10000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images}, ContainerdSocket: tools.Socket,
+			Port:   10000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images},
 		}
 		t.Logf("cluster %s: underlay %s, API port %d, %s routing, %s mode", cfg.Name, cfg.Subnet, cfg.Port, cfg.Routing, cfg.Mode)
 		c, err := clustertest.Up(t, cfg)

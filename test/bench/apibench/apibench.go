@@ -20,14 +20,15 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/flowcontrol"
 
-	"github.com/capstan-net/capstan/control/server"
+	"github.com/capstan-net/capstan/control/server/servertest"
 )
 
 // Config sizes a run.
 type Config struct {
+	// Binary is the capstan binary the server runs from.
+	Binary   string
 	Pods     int
 	Watchers int
 	Workers  int
@@ -63,24 +64,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	ready := make(chan struct{})
-	errc := make(chan error, 1)
-	go func() {
-		errc <- server.Run(sctx, server.Config{DataDir: dir, BindAddress: "127.0.0.1", Ready: ready}, log)
-	}()
-	select {
-	case <-ready:
-	case err := <-errc:
-		return nil, fmt.Errorf("server: %w", err)
-	case <-time.After(2 * time.Minute):
-		return nil, fmt.Errorf("server did not start")
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", server.AdminKubeconfig(dir))
+	srv, err := servertest.Start(ctx, servertest.Options{Binary: cfg.Binary, DataDir: dir})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("server: %w", err)
 	}
+	defer srv.Stop()
+	rc := rest.CopyConfig(srv.Config)
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 	if cfg.ContentType != "" {
 		rc.ContentType = cfg.ContentType

@@ -34,16 +34,15 @@ const (
 
 // Options are what every cluster benchmark takes. Binary, EchoBinary and Images are required.
 type Options struct {
-	Binary           string        // the capstan binary
-	EchoBinary       string        // capstan-echo built for the host: probes and outside clients
-	Images           []string      // image archives with capstan.local/echo:1.0
-	Duration         time.Duration // per measurement
-	Connections      int           // per measurement (stream, rr, crr workers)
-	OutDir           string        // bench-results
-	DataDir, RunDir  string
-	ContainerdSocket string
-	Log              *slog.Logger
-	Out              io.Writer // the table
+	Binary          string        // the capstan binary
+	EchoBinary      string        // capstan-echo built for the host: probes and outside clients
+	Images          []string      // image archives with capstan.local/echo:1.0
+	Duration        time.Duration // per measurement
+	Connections     int           // per measurement (stream, rr, crr workers)
+	OutDir          string        // bench-results
+	DataDir, RunDir string
+	Log             *slog.Logger
+	Out             io.Writer // the table
 }
 
 // SetDefaults checks o and fills in what is unset; errors start with "bench <bench>: ".

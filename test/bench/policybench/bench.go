@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	cc := cluster.Config{
 		Name: fmt.Sprintf("pol%04x", rand.IntN(1<<16)), DataDir: filepath.Join(cfg.DataDir, "data"), RunDir: cfg.RunDir,
 		Nodes: 2, Mode: "ebpf", Subnet: netip.MustParsePrefix(fmt.Sprintf("172.26.%d.0/24", 1+rand.IntN(250))),
-		Port: 30000 + rand.IntN(2700), Binary: cfg.Binary, Images: cfg.Images, ContainerdSocket: cfg.ContainerdSocket, Log: cfg.Log,
+		Port: 30000 + rand.IntN(2700), Binary: cfg.Binary, Images: cfg.Images, Log: cfg.Log,
 	}
 	cfg.Log.Info("bringing a cluster up", "name", cc.Name)
 	runErr := perfcluster.With(ctx, cc, cfg.EchoBinary, func(c *perfcluster.Cluster) error {

@@ -157,7 +157,7 @@ func runMode(ctx context.Context, cfg Config, mode string) (mr *ModeReport, err 
 	cc := cluster.Config{
 		Name: fmt.Sprintf("bench%04x", rand.IntN(1<<16)), DataDir: filepath.Join(cfg.DataDir, mode), RunDir: filepath.Join(cfg.RunDir, mode),
 		Nodes: 2, Mode: mode, Subnet: netip.MustParsePrefix(fmt.Sprintf("172.27.%d.0/24", 1+rand.IntN(250))),
-		Port: 20000 + rand.IntN(10000), Binary: cfg.Binary, Images: cfg.Images, ContainerdSocket: cfg.ContainerdSocket, Log: cfg.Log,
+		Port: 20000 + rand.IntN(10000), Binary: cfg.Binary, Images: cfg.Images, Log: cfg.Log,
 	}
 	if mode == "none" {
 		cc.KubeProxy = cfg.KubeProxy

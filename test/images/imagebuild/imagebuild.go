@@ -12,22 +12,16 @@
 // /etc/group with root and nobody (65534), /root and /tmp (1777). It has no
 // /etc/hostname, /etc/hosts or /etc/resolv.conf: the runtime provides those.
 //
-// Each manifest in index.json is named twice: org.opencontainers.image.ref.name
-// (the OCI key) and io.containerd.image.name, which containerd's importer
-// prefers and uses untranslated, so both `ctr images import` (which otherwise
-// prefixes or drops full references) and the agent's import name the images by
-// their full reference. Every timestamp is fixed, so the same inputs give the
-// same archive.
+// internal/ocilayout writes the archive: each manifest in index.json is named
+// by its full reference both ways containerd reads (so `ctr images import` and
+// the agent's import agree), and every timestamp is fixed, so the same inputs
+// give the same archive.
 package imagebuild
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	_ "crypto/sha256" // digest.FromBytes
 	"debug/elf"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,11 +32,10 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"time"
 
-	digest "github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/capstan-net/capstan/internal/ocilayout"
 )
 
 // The images' references.
@@ -56,14 +49,6 @@ const EchoPackage = "github.com/capstan-net/capstan/test/images/echo"
 
 // DefaultBusybox is where Debian's busybox-static installs busybox.
 const DefaultBusybox = "/bin/busybox"
-
-// annotationContainerdName is containerd's image-name annotation
-// (images.AnnotationImageName in github.com/containerd/containerd/v2/core/images),
-// spelled out here so the builder does not pull in containerd.
-const annotationContainerdName = "io.containerd.image.name"
-
-// epoch is every file's and image's timestamp.
-var epoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // envPath is the images' PATH.
 const envPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -143,14 +128,13 @@ func Build(ctx context.Context, opts Options, w io.Writer) error {
 		return fmt.Errorf("read capstan-echo: %w", err)
 	}
 
-	layer, err := buildLayer(busybox, applets, echo)
+	l, err := layer(busybox, applets, echo)
 	if err != nil {
 		return err
 	}
-	log.Info("built layer", "applets", len(applets), "bytes", len(layer.gz), "digest", layer.digest)
+	log.Info("built layer", "applets", len(applets), "bytes", len(l.Blob), "digest", l.Digest)
 
-	blobs := map[digest.Digest][]byte{layer.digest: layer.gz}
-	var manifests []ocispec.Descriptor
+	var archive ocilayout.Archive
 	for _, img := range []struct {
 		ref    string
 		config ocispec.ImageConfig
@@ -164,26 +148,20 @@ func Build(ctx context.Context, opts Options, w io.Writer) error {
 		}},
 		{BusyboxImage, ocispec.ImageConfig{Cmd: []string{"sh"}}},
 	} {
-		desc, err := addImage(blobs, img.ref, img.config, layer)
+		img.config.Env = []string{envPath}
+		img.config.WorkingDir = "/"
+		desc, err := archive.Add(ocilayout.Image{
+			Ref:       img.ref,
+			Config:    img.config,
+			Layers:    []ocilayout.Layer{l},
+			CreatedBy: "capstan test/images/imagebuild",
+		})
 		if err != nil {
 			return err
 		}
-		manifests = append(manifests, desc)
 		log.Info("built image", "ref", img.ref, "manifest", desc.Digest)
 	}
-	index, err := json.Marshal(ocispec.Index{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageIndex,
-		Manifests: manifests,
-	})
-	if err != nil {
-		return fmt.Errorf("encode index: %w", err)
-	}
-	layout, err := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
-	if err != nil {
-		return fmt.Errorf("encode oci-layout: %w", err)
-	}
-	return writeLayout(w, layout, index, blobs)
+	return archive.Write(w)
 }
 
 // BuildEcho builds EchoPackage as a static binary for runtime.GOARCH into out.
@@ -232,160 +210,22 @@ func readBusybox(ctx context.Context, path string) ([]byte, []string, error) {
 	return data, applets, nil
 }
 
-type layer struct {
-	gz     []byte
-	digest digest.Digest // of gz
-	diffID digest.Digest // of the uncompressed tar
-}
-
-// buildLayer makes the shared root filesystem layer.
-func buildLayer(busybox []byte, applets []string, echo []byte) (layer, error) {
-	var raw bytes.Buffer
-	tw := tar.NewWriter(&raw)
-	dir := func(name string, mode int64) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, ModTime: epoch})
+// layer makes the images' shared root filesystem layer.
+func layer(busybox []byte, applets []string, echo []byte) (ocilayout.Layer, error) {
+	entries := []ocilayout.Entry{
+		ocilayout.Dir("bin", 0o755),
+		ocilayout.File("bin/busybox", 0o755, busybox),
 	}
-	file := func(name string, mode int64, data []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data)), ModTime: epoch}); err != nil {
-			return err
-		}
-		_, err := tw.Write(data)
-		return err
+	for _, a := range applets {
+		entries = append(entries, ocilayout.Symlink("bin/"+a, "busybox"))
 	}
-	steps := []func() error{
-		func() error { return dir("bin", 0o755) },
-		func() error { return file("bin/busybox", 0o755, busybox) },
-		func() error {
-			for _, a := range applets {
-				h := &tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, ModTime: epoch}
-				if err := tw.WriteHeader(h); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
-		func() error { return file("capstan-echo", 0o755, echo) },
-		func() error { return dir("etc", 0o755) },
-		func() error {
-			return file("etc/group", 0o644, []byte("root:x:0:\nnobody:x:65534:\n"))
-		},
-		func() error {
-			return file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"))
-		},
-		func() error { return dir("root", 0o700) },
-		func() error { return dir("tmp", 0o1777) },
-		tw.Close,
-	}
-	for _, step := range steps {
-		if err := step(); err != nil {
-			return layer{}, fmt.Errorf("write layer: %w", err)
-		}
-	}
-	var gz bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
-	if err != nil {
-		return layer{}, fmt.Errorf("compress layer: %w", err)
-	}
-	if _, err := zw.Write(raw.Bytes()); err != nil {
-		return layer{}, fmt.Errorf("compress layer: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return layer{}, fmt.Errorf("compress layer: %w", err)
-	}
-	return layer{
-		gz:     gz.Bytes(),
-		digest: digest.FromBytes(gz.Bytes()),
-		diffID: digest.FromBytes(raw.Bytes()),
-	}, nil
-}
-
-// addImage stores an image's config and manifest in blobs and returns the
-// manifest's index entry.
-func addImage(blobs map[digest.Digest][]byte, ref string, cfg ocispec.ImageConfig, l layer) (ocispec.Descriptor, error) {
-	created := epoch
-	platform := ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH}
-	cfg.Env = []string{envPath}
-	cfg.WorkingDir = "/"
-	config, err := json.Marshal(ocispec.Image{
-		Created:  &created,
-		Platform: platform,
-		Config:   cfg,
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{l.diffID}},
-		History: []ocispec.History{{
-			Created:   &created,
-			CreatedBy: "capstan test/images/imagebuild",
-		}},
-	})
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("encode config of %s: %w", ref, err)
-	}
-	configDesc := addBlob(blobs, ocispec.MediaTypeImageConfig, config)
-	manifest, err := json.Marshal(ocispec.Manifest{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    configDesc,
-		Layers: []ocispec.Descriptor{{
-			MediaType: ocispec.MediaTypeImageLayerGzip,
-			Digest:    l.digest,
-			Size:      int64(len(l.gz)),
-		}},
-	})
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("encode manifest of %s: %w", ref, err)
-	}
-	desc := addBlob(blobs, ocispec.MediaTypeImageManifest, manifest)
-	desc.Platform = &platform
-	desc.Annotations = map[string]string{
-		ocispec.AnnotationRefName: ref,
-		annotationContainerdName:  ref,
-	}
-	return desc, nil
-}
-
-func addBlob(blobs map[digest.Digest][]byte, mediaType string, data []byte) ocispec.Descriptor {
-	d := digest.FromBytes(data)
-	blobs[d] = data
-	return ocispec.Descriptor{MediaType: mediaType, Digest: d, Size: int64(len(data))}
-}
-
-// writeLayout writes the image layout as a tar, blobs in digest order.
-func writeLayout(w io.Writer, layout, index []byte, blobs map[digest.Digest][]byte) error {
-	tw := tar.NewWriter(w)
-	file := func(name string, data []byte) error {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(data)), ModTime: epoch}); err != nil {
-			return err
-		}
-		_, err := tw.Write(data)
-		return err
-	}
-	dir := func(name string) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: 0o755, ModTime: epoch})
-	}
-	if err := file(ocispec.ImageLayoutFile, layout); err != nil {
-		return fmt.Errorf("write archive: %w", err)
-	}
-	if err := dir(ocispec.ImageBlobsDir); err != nil {
-		return fmt.Errorf("write archive: %w", err)
-	}
-	if err := dir(ocispec.ImageBlobsDir + "/sha256"); err != nil {
-		return fmt.Errorf("write archive: %w", err)
-	}
-	digests := make([]digest.Digest, 0, len(blobs))
-	for d := range blobs {
-		digests = append(digests, d)
-	}
-	slices.Sort(digests)
-	for _, d := range digests {
-		name := ocispec.ImageBlobsDir + "/" + d.Algorithm().String() + "/" + d.Encoded()
-		if err := file(name, blobs[d]); err != nil {
-			return fmt.Errorf("write archive: %w", err)
-		}
-	}
-	if err := file(ocispec.ImageIndexFile, index); err != nil {
-		return fmt.Errorf("write archive: %w", err)
-	}
-	if err := tw.Close(); err != nil {
-		return fmt.Errorf("write archive: %w", err)
-	}
-	return nil
+	entries = append(entries,
+		ocilayout.File("capstan-echo", 0o755, echo),
+		ocilayout.Dir("etc", 0o755),
+		ocilayout.File("etc/group", 0o644, []byte("root:x:0:\nnobody:x:65534:\n")),
+		ocilayout.File("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")),
+		ocilayout.Dir("root", 0o700),
+		ocilayout.Dir("tmp", 0o1777),
+	)
+	return ocilayout.NewLayer(entries...)
 }

@@ -17,6 +17,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/capstan-net/capstan/internal/ocilayout"
 )
 
 // fakeEcho stands in for capstan-echo so the unit test needs no go build.
@@ -215,7 +217,7 @@ func checkLayer(t *testing.T, files map[string][]byte, l ocispec.Descriptor, ech
 		}
 	}
 	for name, h := range headers {
-		if !h.ModTime.Equal(epoch) || h.Uid != 0 || h.Gid != 0 {
+		if !h.ModTime.Equal(ocilayout.Epoch()) || h.Uid != 0 || h.Gid != 0 {
 			t.Errorf("layer %s: mtime %s uid %d gid %d", name, h.ModTime, h.Uid, h.Gid)
 		}
 	}

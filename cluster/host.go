@@ -1,0 +1,181 @@
+package cluster
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// bpfRoot is where the agents pin their maps (their default).
+const bpfRoot = "/sys/fs/bpf"
+
+// hostDirs are the host-wide directories nodes write to (State.MadeDirs).
+var hostDirs = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan"}
+
+// kubeletSysctls are the host-wide settings a kubelet changes when
+// protectKernelDefaults is off (pkg/kubelet/cm setupKernelTunables).
+var kubeletSysctls = []string{
+	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+}
+
+func readSysctls() map[string]string {
+	out := map[string]string{}
+	for _, k := range kubeletSysctls {
+		if v, err := os.ReadFile("/proc/sys/" + k); err == nil {
+			out[k] = strings.TrimSpace(string(v))
+		}
+	}
+	return out
+}
+
+func restoreSysctls(saved map[string]string) error {
+	var errs []error
+	for k, v := range saved {
+		if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore %s: %w", k, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func ensureBPFFS() (mounted bool, err error) {
+	if isBPFFS(bpfRoot) {
+		return false, nil
+	}
+	if err := os.MkdirAll(bpfRoot, 0o755); err != nil {
+		return false, err
+	}
+	if err := syscall.Mount("bpffs", bpfRoot, "bpf", 0, "mode=0700"); err != nil {
+		return false, fmt.Errorf("mount bpffs at %s: %w", bpfRoot, err)
+	}
+	return true, nil
+}
+
+func isBPFFS(dir string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(dir, &st) == nil && st.Type == 0xcafe4a11 // BPF_FS_MAGIC
+}
+
+// bpffsEmpty reports whether nothing is pinned at dir (the kernel's own
+// maps.debug and progs.debug do not count).
+func bpffsEmpty(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".debug") {
+			return false
+		}
+	}
+	return true
+}
+
+func linkExists(name string) bool {
+	_, err := os.Stat("/sys/class/net/" + name)
+	return err == nil
+}
+
+func netnsExists(name string) bool {
+	_, err := os.Stat("/run/netns/" + name)
+	return err == nil
+}
+
+// killCgroup ends every process in a v2 cgroup subtree (cgroup.kill, Linux
+// 5.14) and waits until it is empty.
+func killCgroup(dir string) error {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("kill %s: %w", dir, err)
+	}
+	for range 100 {
+		data, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+		if err != nil || strings.Contains(string(data), "populated 0") {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("processes left in %s after 10s", dir)
+}
+
+// removeCgroups removes a cgroup subtree (empty once its processes are
+// gone) in every hierarchy, deepest first.
+func removeCgroups(rel string) {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	roots = append(roots, "/sys/fs/cgroup")
+	for _, root := range roots {
+		dir := filepath.Join(root, rel)
+		var dirs []string
+		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Remove(dirs[i])
+		}
+	}
+}
+
+// unmountUnder detaches every mount at or below the given directories
+// (pod volumes, container root filesystems, network namespace pins),
+// deepest first.
+func unmountUnder(dirs ...string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var points []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		p := unescapeMount(fields[4])
+		for _, d := range dirs {
+			if d != "" && (p == d || strings.HasPrefix(p, d+"/")) {
+				points = append(points, p)
+			}
+		}
+	}
+	f.Close()
+	slices.SortFunc(points, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, p := range points {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v int
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%o", &v); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

@@ -11,11 +11,10 @@ ROUTING=${CAPSTAN_DEMO_ROUTING:-native}
 DATA_DIR=${CAPSTAN_DATA_DIR:-/var/lib/capstan}
 export CAPSTAN_DATA_DIR=$DATA_DIR
 
-if [ "$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces, BPF, containerd)" >&2; exit 1; fi
+if [ "$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces, BPF, cgroups)" >&2; exit 1; fi
 ./scripts/install-deps.sh
 make -s build
 [ -f bin/images/capstan-test-images.tar ] || make -s images
-./scripts/containerd.sh start
 
 "$CAPSTAN" up --nodes "$NODES" --routing "$ROUTING" --data-dir "$DATA_DIR" --images bin/images/capstan-test-images.tar
 

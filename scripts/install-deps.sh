@@ -4,10 +4,9 @@
 set -euo pipefail
 
 packages=(
-  etcd-server      # external-etcd variant of the API integration tests
   clang llvm libbpf-dev bpftool linux-libc-dev  # BPF programs (make generate)
   iproute2 iptables util-linux curl  # netns, veth; nsenter runs node agents in their netns; curl for make demo
-  containerd runc busybox-static  # the node agent's runtime and the test images
+  runc busybox-static  # the OCI runtime under each node's containerd (built by make build), the test images
   vagrant shellcheck openssl  # make vagrant-check: vagrant validate, script lint, the VMs' CA (deploy/vagrant)
 )
 
@@ -23,13 +22,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  # Debian starts etcd as a service on install; our tests start their own.
-  if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now etcd >/dev/null 2>&1 || true
-  fi
-  # Likewise containerd: Capstan runs its own (scripts/containerd.sh).
-  if [[ " ${missing[*]} " == *" containerd "* ]] && command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now containerd >/dev/null 2>&1 || true
-  fi
 fi
 command -v go >/dev/null || { echo "install-deps: Go is required (https://go.dev/dl)" >&2; exit 1; }

@@ -18,6 +18,7 @@ import (
 	"github.com/capstan-net/capstan/test/bench/apibench"
 	"github.com/capstan-net/capstan/test/bench/perfcluster"
 	"github.com/capstan-net/capstan/test/bench/podbench"
+	"github.com/capstan-net/capstan/test/bench/schedbench"
 )
 
 func newBenchCmd() *cobra.Command {
@@ -59,7 +60,7 @@ func newBenchCmd() *cobra.Command {
 			}
 			res, err := apibench.Run(ctx, apibench.Config{
 				Binary: self, Pods: v.GetInt("pods"), Watchers: v.GetInt("watchers"), Workers: v.GetInt("workers"),
-				DataDir: v.GetString("data-dir"), ContentType: ct,
+				DataDir: v.GetString("data-dir"), ContentType: ct, ServerArgs: v.GetStringSlice("server-arg"),
 			}, log)
 			if err != nil {
 				return fmt.Errorf("bench api: %w", err)
@@ -73,9 +74,53 @@ func newBenchCmd() *cobra.Command {
 	f.Int("watchers", 10, "concurrent pod watchers")
 	f.Int("workers", 64, "concurrent creating clients")
 	f.String("data-dir", "", "server data dir (default: a temporary directory)")
-	f.String("cpuprofile", "", "write a CPU profile of the whole run (client and server) to this file")
+	f.String("cpuprofile", "", "write a CPU profile of the load generator to this file (the server is a child process: profile it with --server-arg=--kube-apiserver-arg=profiling=true and its /debug/pprof)")
 	f.Bool("json", false, "use JSON instead of protobuf on the wire")
-	cmd.AddCommand(api, newBenchPodsCmd(), newBenchServicesCmd(), newBenchPolicyCmd())
+	addServerArgFlag(f)
+	cmd.AddCommand(api, newBenchSchedulerCmd(), newBenchPodsCmd(), newBenchRSSCmd(), newBenchServicesCmd(), newBenchPolicyCmd())
+	return cmd
+}
+
+// addServerArgFlag adds --server-arg, extra flags of the benchmark's own
+// server, to try component tuning without changing Capstan's defaults.
+func addServerArgFlag(f *pflag.FlagSet) {
+	f.StringArray("server-arg", nil, "extra capstan server flag, repeatable, e.g. --server-arg=--kube-scheduler-arg=kube-api-qps=500")
+}
+
+func newBenchSchedulerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "scheduler",
+		Short: "Pods bound/s by the upstream scheduler of a fresh local server, on simulated nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			res, err := schedbench.Run(ctx, schedbench.Config{
+				Binary: self, Nodes: v.GetInt("nodes"), Pods: v.GetInt("pods"), Workers: v.GetInt("workers"),
+				DataDir: v.GetString("data-dir"), ServerArgs: v.GetStringSlice("server-arg"), Timeout: v.GetDuration("timeout"),
+			}, log)
+			if err != nil {
+				return fmt.Errorf("bench scheduler: %w", err)
+			}
+			res.Print(os.Stdout)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.Int("pods", 5000, "pending pods to create (100m cpu, 64Mi each)")
+	f.Int("nodes", 100, "simulated Ready nodes (8 cpu, 16Gi, 110 pods each)")
+	f.Int("workers", 32, "concurrent creating clients")
+	f.String("data-dir", "", "server data dir (default: a temporary directory)")
+	f.Duration("timeout", 10*time.Minute, "give up waiting for the last binding after this long")
+	addServerArgFlag(f)
 	return cmd
 }
 
@@ -89,16 +134,7 @@ func newBenchPodsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			kc := v.GetString("kubeconfig")
-			if kc == "" {
-				kc = defaultKubeconfig()
-			}
-			rc, err := clientcmd.BuildConfigFromFlags("", kc)
-			if err != nil {
-				return fmt.Errorf("kubeconfig %s: %w", kc, err)
-			}
-			rc.QPS, rc.Burst = 200, 400
-			cs, err := kubernetes.NewForConfig(rc)
+			cs, err := benchClient(v.GetString("kubeconfig"))
 			if err != nil {
 				return err
 			}
@@ -123,6 +159,67 @@ func newBenchPodsCmd() *cobra.Command {
 	f.Int("parallel", 10, "concurrent create calls")
 	f.Float64("rate", 5, "pods created per second (0: all at once)")
 	f.Duration("timeout", 5*time.Minute, "give up after this long")
+	return cmd
+}
+
+// benchClient reaches an existing cluster through kc (default: as capstan
+// kubectl finds it), with room for bursts of creates.
+func benchClient(kc string) (kubernetes.Interface, error) {
+	if kc == "" {
+		kc = defaultKubeconfig()
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kc)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kc, err)
+	}
+	rc.QPS, rc.Burst = 200, 400
+	return kubernetes.NewForConfig(rc)
+}
+
+func newBenchRSSCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "rss",
+		Short: "Memory (RSS) of a local cluster's server, agent and containerd, idle and with pods on one node",
+		Long: `Reads the resident memory (VmRSS) of the server, of one node's agent and of the
+agent's containerd (and the node's shims) of a cluster capstan up started, first with
+no benchmark pods, then with --pods pods running on the node; then deletes them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, log, err := setup(cmd)
+			if err != nil {
+				return err
+			}
+			dataDir := v.GetString("data-dir")
+			kc := v.GetString("kubeconfig")
+			if kc == "" {
+				kc = filepath.Join(dataDir, "cluster", "kubeconfig")
+			}
+			cs, err := benchClient(kc)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			res, err := podbench.RunRSS(ctx, cs, podbench.RSSConfig{
+				DataDir: dataDir, Node: v.GetString("node"), Pods: v.GetInt("pods"), Image: v.GetString("image"),
+				Rate: v.GetFloat64("rate"), Settle: v.GetDuration("settle"), Timeout: v.GetDuration("timeout"),
+			}, log)
+			if err != nil {
+				return fmt.Errorf("bench rss: %w", err)
+			}
+			res.Print(os.Stdout)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.String("data-dir", "/var/lib/capstan", "the cluster's data dir, as given to capstan up (pid files under <data-dir>/cluster)")
+	f.String("kubeconfig", "", "the cluster's kubeconfig (default: <data-dir>/cluster/kubeconfig)")
+	f.Int("pods", 100, "pods to run on the node for the second reading")
+	f.String("node", "", "node to measure (default: the first Ready node)")
+	f.String("image", "capstan.local/echo:1.0", "image of the pods (must be on the node)")
+	f.Float64("rate", 5, "pods created per second (0: all at once)")
+	f.Duration("settle", 15*time.Second, "wait before each reading")
+	f.Duration("timeout", 5*time.Minute, "give up on the pods after this long")
 	return cmd
 }
 

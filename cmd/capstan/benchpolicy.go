@@ -23,7 +23,7 @@ clients get through and a pod no rule admits does not), measures new-connection 
 request/response (rr) rates with latency percentiles from each client to the server's pod
 address; with --rounds, goes through the rule counts again, and the table shows each figure's
 median run. Prints a table with each rate against the fewest rules; writes results.json under
---out; takes the cluster down. Needs root, containerd (scripts/containerd.sh start), the test
+--out; takes the cluster down. Needs root, make build, the test
 images and a host build of capstan-echo (make bench builds both). The programs' own cost per
 packet: go test -run XXX -bench BenchmarkPolicy ./dataplane/ebpf/.`,
 		Args: cobra.NoArgs,

@@ -11,12 +11,15 @@
 #      nothing rewritten on a second run, and bad settings refused;
 #   4. as root: the rendered server and agent run as the units would, each
 #      in a network namespace of its own joined by a veth pair (the VMs'
-#      addresses), with secrets.sh's CA and token: the agent finds its device
-#      by address, joins, and its node turns Ready with its podCIDR and the
-#      CNI configuration the agent wrote. Skipped (with the reason) when not
-#      root or without netns or containerd, except under CI=true, where that
-#      is a failure.
-# Needs bin/capstan, bin/capstan-cni and bin/capstan-logdriver (make build).
+#      addresses), with secrets.sh's CA and token: the agent starts its own
+#      containerd, finds its device by address, joins (kubelet TLS
+#      bootstrapping), its node turns Ready with its podCIDR and the CNI
+#      configuration the agent wrote, and a pod runs on it. Then everything
+#      is torn down as `capstan down` does it, and checked gone. Skipped
+#      (with the reason) when not root, or without netns, cgroup v2 or runc,
+#      except under CI=true, where that is a failure.
+# Needs bin/capstan, capstan-cni, capstan-pause, containerd and
+# containerd-shim-runc-v2 (make build).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -49,10 +52,14 @@ refuses() {
   if "$@" >/dev/null 2>&1; then bad "$what"; else ok "$what"; fi
 }
 
-for b in capstan capstan-cni capstan-logdriver; do
+# What a node gets from bin/ (the Vagrantfile's NODE_FILES).
+node_files=(capstan capstan-cni capstan-pause containerd containerd-shim-runc-v2)
+for b in "${node_files[@]}"; do
   [ -x "$bin/$b" ] || { echo "check.sh: no $bin/$b (make build)" >&2; exit 1; }
 done
-tmp=$(mktemp -d /tmp/capstan-vagrant-check.XXXXXX)
+# Short: the agent's containerd socket (<root>/run/capstan/<node>/containerd/
+# containerd.sock.ttrpc) must fit in a unix socket path's 107 bytes.
+tmp=$(mktemp -d /tmp/capstan-vgchk.XXXXXX)
 cleanups=()
 # Teardown steps, run last first.
 run_cleanups() {
@@ -60,7 +67,16 @@ run_cleanups() {
   for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do eval "${cleanups[i]}" || true; done
   cleanups=()
 }
-trap 'run_cleanups; rm -rf "$tmp"' EXIT
+# unmount_under DIR: every mount at or below DIR, deepest first (pod
+# volumes, container root filesystems, pod network namespaces, the
+# kubelet's own bind mount of its root dir).
+unmount_under() {
+  local p
+  awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print length($5), $5 }' /proc/self/mountinfo |
+    sort -rn | cut -d' ' -f2- | while IFS= read -r p; do umount -l "$p" 2>/dev/null || true; done
+}
+# Nothing is removed across a mount left behind (--one-file-system).
+trap 'run_cleanups; unmount_under "$tmp"; rm -rf --one-file-system "$tmp"' EXIT
 
 # ---- 1. vagrant validate
 echo "== vagrant validate (at $((SECONDS - start))s)"
@@ -82,6 +98,13 @@ else
   skip "vagrant validate: vagrant is not installed (scripts/install-deps.sh installs it)"
   [ "${CI:-}" = true ] && bad "vagrant is required under CI=true"
 fi
+# The VMs get from bin/ what the scripts install, and nothing else.
+vagrant_files() {
+  local files
+  files=$(sed -n 's/^NODE_FILES = %w\[\(.*\)\]\.freeze$/\1/p' "$here/Vagrantfile")
+  [ "$files" = "${node_files[*]}" ] || { echo "      Vagrantfile NODE_FILES: '$files', want '${node_files[*]}'"; return 1; }
+}
+check "the Vagrantfile copies capstan, capstan-cni, capstan-pause, containerd and its runc shim" vagrant_files
 
 # ---- 2. syntax and lint
 echo "== scripts (at $((SECONDS - start))s)"
@@ -99,15 +122,20 @@ fi
 # ---- 3. render a server node and an agent node into a throwaway root
 echo "== provisioning rendered into a temp root (at $((SECONDS - start))s)"
 "$here/secrets.sh" "$tmp/secrets" 2>/dev/null
-check "secrets.sh: join token, CA certificate and PKCS#8 key" \
-  bash -c "grep -qE '^[0-9a-f]{48}\$' '$tmp/secrets/join-token' && grep -q 'BEGIN CERTIFICATE' '$tmp/secrets/ca.crt' && grep -q 'BEGIN PRIVATE KEY' '$tmp/secrets/ca.key'"
+check "secrets.sh: bootstrap join token, CA certificate and PKCS#8 key" \
+  bash -c "grep -qxE '[a-z0-9]{6}\\.[a-z0-9]{16}' '$tmp/secrets/join-token' && grep -q 'BEGIN CERTIFICATE' '$tmp/secrets/ca.crt' && grep -q 'BEGIN PRIVATE KEY' '$tmp/secrets/ca.key'"
 cp -r "$tmp/secrets" "$tmp/secrets.orig"
 "$here/secrets.sh" "$tmp/secrets" 2>/dev/null
 check "secrets.sh keeps what is there" diff -r "$tmp/secrets.orig" "$tmp/secrets"
+# An older secrets.sh's token (48 hex digits) is no bootstrap token.
+mkdir -p "$tmp/old-secrets"
+openssl rand -hex 24 >"$tmp/old-secrets/join-token"
+refuses "secrets.sh refuses a join token of an older secrets.sh" "$here/secrets.sh" "$tmp/old-secrets"
+cp "$tmp/secrets/ca.crt" "$tmp/secrets/ca.key" "$tmp/old-secrets/"
 
 # Only the binaries a node needs, not the rest of bin/.
 mkdir -p "$tmp/src"
-for b in capstan capstan-cni capstan-logdriver; do ln -s "$bin/$b" "$tmp/src/$b"; done
+for b in "${node_files[@]}"; do ln -s "$bin/$b" "$tmp/src/$b"; done
 
 # provision ROOT SCRIPT [VAR=VALUE...]: one script, nothing outside ROOT.
 provision() {
@@ -125,18 +153,22 @@ for s in common.sh server.sh agent.sh; do
 done
 
 mode() { stat -c %a "$1"; }
-check "binaries installed: capstan and its log driver side by side, the CNI plugin in /opt/cni/bin" \
-  test -x "$r/usr/local/bin/capstan" -a -x "$r/usr/local/bin/capstan-logdriver" -a -x "$r/opt/cni/bin/capstan-cni"
+check "binaries installed: capstan, capstan-pause, containerd and its runc shim side by side, the CNI plugin in /opt/cni/bin" \
+  bash -c "for b in capstan capstan-pause containerd containerd-shim-runc-v2; do cmp -s '$bin/'\$b '$r/usr/local/bin/'\$b && [ -x '$r/usr/local/bin/'\$b ] || exit 1; done
+    cmp -s '$bin/capstan-cni' '$r/opt/cni/bin/capstan-cni' && [ -x '$r/opt/cni/bin/capstan-cni' ]"
+check "common.sh: runc from Debian, no containerd package and no containerd config" \
+  bash -c "grep -qE 'skipped: apt-get install .*\\brunc\\b' '$tmp/render-common.sh.log' &&
+    ! grep -qE 'skipped: apt-get install .*\\bcontainerd\\b' '$tmp/render-common.sh.log' && [ ! -e '$r/etc/containerd' ]"
 check "server data dir seeded with the host's CA and token (keys 0600)" \
   bash -c "cmp -s '$tmp/secrets/ca.crt' '$r/var/lib/capstan/pki/ca.crt' && cmp -s '$tmp/secrets/ca.key' '$r/var/lib/capstan/pki/ca.key' &&
+    cmp -s '$tmp/secrets/join-token' '$r/var/lib/capstan/join-token' &&
     [ \$(stat -c %a '$r/var/lib/capstan/pki/ca.key') = 600 ] && [ \$(stat -c %a '$r/var/lib/capstan/join-token') = 600 ]"
 check "agent.yaml holds the token and is 0600" \
   bash -c "[ $(mode "$r/etc/capstan/agent.yaml") = 600 ] && grep -q \"^token: \\\"\$(cat '$tmp/secrets/join-token')\\\"\$\" '$r/etc/capstan/agent.yaml'"
 check "sysctl: forwarding" grep -q '^net.ipv4.ip_forward = 1$' "$r/etc/sysctl.d/90-capstan.conf"
-check "containerd: CRI plugin off" grep -q 'disabled_plugins = \["io.containerd.grpc.v1.cri"\]' "$r/etc/containerd/config.toml"
 
 # Every key of a rendered config must be a flag of the command that reads
-# it: capstan ignores unknown keys, so a typo would pass unnoticed.
+# it (capstan refuses an unknown key at start: here it shows without one).
 keys_are_flags() {
   local cmd=$1 file=$2 key flags missing=()
   flags=$("$capstan" "$cmd" --help | grep -oE -- '--[a-z0-9-]+' | sort -u)
@@ -147,6 +179,11 @@ keys_are_flags() {
 }
 check "server.yaml keys are capstan server flags" keys_are_flags server "$r/etc/capstan/server.yaml"
 check "agent.yaml keys are capstan agent flags" keys_are_flags agent "$r/etc/capstan/agent.yaml"
+# Bound to the private address, the server writes its admin kubeconfig for
+# it (for 0.0.0.0 it would name 127.0.0.1, useless on the host).
+check "server.yaml: binds and advertises the server address" bash -c "
+  grep -qx 'bind-address: \"192.168.56.10\"' '$r/etc/capstan/server.yaml' &&
+  grep -qx 'advertise-address: \"192.168.56.10\"' '$r/etc/capstan/server.yaml'"
 check "agent.yaml: server, node, device, CNI and image paths" bash -c "
   grep -qx 'server: \"https://192.168.56.10:6443\"' '$r/etc/capstan/agent.yaml' &&
   grep -qx 'node-ip: \[\"192.168.56.11\"\]' '$r/etc/capstan/agent.yaml' &&
@@ -164,13 +201,18 @@ check "capstan-server.service runs the rendered server" \
   test "$(unit_exec capstan-server.service)" = "$r/usr/local/bin/capstan server --config $r/etc/capstan/server.yaml"
 check "capstan-agent.service runs the rendered agent" \
   test "$(unit_exec capstan-agent.service)" = "$r/usr/local/bin/capstan agent --config $r/etc/capstan/agent.yaml"
+# Restarting the agent must leave the shims (in its cgroup) and so the pods.
+check "capstan-agent.service: KillMode=process, no containerd.service" bash -c "
+  grep -qx KillMode=process '$r/etc/systemd/system/capstan-agent.service' &&
+  ! grep -q containerd.service '$r/etc/systemd/system/capstan-agent.service'"
 if command -v systemd-analyze >/dev/null; then
   verify_units() {
     local out
     out=$(cd "$r/etc/systemd/system" && SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no \
       capstan-server.service capstan-agent.service 2>&1) || true
-    # Units this machine has not (containerd, network-online) are fine here.
-    out=$(grep -vE 'containerd.service|network-online.target|Failed to (create|connect)|System has not been booted|bus|/etc/systemd/system/[^c]' <<<"$out" || true)
+    # Units this machine has not (network-online, the server's unit for the
+    # agent) are fine here.
+    out=$(grep -vE 'network-online.target|Failed to (create|connect)|System has not been booted|bus|/etc/systemd/system/[^c]' <<<"$out" || true)
     [ -z "$out" ] || { printf '      %s\n' "$out"; return 1; }
   }
   check "systemd-analyze verify: both units" verify_units
@@ -180,20 +222,39 @@ fi
 again=$(for s in common.sh server.sh agent.sh; do provision "$r" "$s" 2>&1; done)
 check "a second run changes no file" bash -c "! grep -qE '(wrote|installed) ' <<<'$again'"
 
-# A new build is installed and changes the units (so they restart).
-rebuilt() {
+# rebuild NAME: a new build of bin/NAME (one byte more) in the source; prints
+# what a run of the three scripts then said.
+rebuild() {
+  rm "$tmp/src/$1"
+  { cat "$bin/$1"; printf x; } >"$tmp/src/$1"
+  chmod 0755 "$tmp/src/$1"
+  for s in common.sh server.sh agent.sh; do provision "$r" "$s" 2>&1; done
+}
+# ... and put the build back, and into the rendered root.
+unbuild() {
+  rm "$tmp/src/$1"
+  ln -s "$bin/$1" "$tmp/src/$1"
+  for s in common.sh server.sh agent.sh; do provision "$r" "$s" >/dev/null 2>&1; done
+}
+# A new build is installed and changes the units that run it (so they restart).
+rebuilt_capstan() {
   local out
-  rm "$tmp/src/capstan"
-  { cat "$bin/capstan"; printf x; } >"$tmp/src/capstan"
-  chmod 0755 "$tmp/src/capstan"
-  out=$(for s in common.sh server.sh agent.sh; do provision "$r" "$s" 2>&1; done)
+  out=$(rebuild capstan)
   cmp -s "$tmp/src/capstan" "$r/usr/local/bin/capstan" &&
     grep -q "wrote $r/etc/systemd/system/capstan-server.service" <<<"$out" &&
     grep -q "wrote $r/etc/systemd/system/capstan-agent.service" <<<"$out"
 }
-check "a new capstan binary is installed and rewrites both units" rebuilt
-rm "$tmp/src/capstan"
-ln -s "$bin/capstan" "$tmp/src/capstan"
+check "a new capstan binary is installed and rewrites both units" rebuilt_capstan
+unbuild capstan
+rebuilt_containerd() {
+  local out
+  out=$(rebuild containerd)
+  cmp -s "$tmp/src/containerd" "$r/usr/local/bin/containerd" &&
+    ! grep -q "wrote $r/etc/systemd/system/capstan-server.service" <<<"$out" &&
+    grep -q "wrote $r/etc/systemd/system/capstan-agent.service" <<<"$out"
+}
+check "a new containerd is installed and rewrites the agent's unit only" rebuilt_containerd
+unbuild containerd
 
 # Settings that must be refused.
 kernel_gate() {
@@ -211,28 +272,36 @@ refuses "agent.sh refuses an unknown routing" provision "$tmp/r2" agent.sh CAPST
 refuses "agent.sh needs a device holding the node IP" provision "$tmp/r2" agent.sh CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_IP=192.0.2.77
 refuses "server.sh refuses a bad server IP" provision "$tmp/r2" server.sh CAPSTAN_VM_SERVER_IP=server
 refuses "server.sh needs the secrets" provision "$tmp/r2" server.sh CAPSTAN_VM_SECRETS="$tmp/none"
+for s in server.sh agent.sh; do
+  refuses "$s refuses a join token that is no bootstrap token" provision "$tmp/r2" "$s" CAPSTAN_VM_SECRETS="$tmp/old-secrets"
+done
 "$here/secrets.sh" "$tmp/other-secrets" 2>/dev/null
 refuses "server.sh keeps a data dir made with other secrets" provision "$r" server.sh CAPSTAN_VM_SECRETS="$tmp/other-secrets"
 
 # ---- 4. the rendered nodes, run in network namespaces
 echo "== rendered server and agent in network namespaces (at $((SECONDS - start))s)"
 netns_reason=
-sock=${CAPSTAN_CONTAINERD_SOCKET:-/run/capstan/containerd/containerd.sock}
+# The cgroup v2 hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+# hybrid host (the field after the "-" of /proc/self/mountinfo is the type).
+cg2=$(awk '{ for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") { print $5; exit } break } }' /proc/self/mountinfo)
 if [ "$(id -u)" -ne 0 ]; then
   netns_reason="not root"
 elif ! command -v ip >/dev/null || ! ip netns add "vgchk-probe-$$" 2>/dev/null; then
   netns_reason="cannot make network namespaces"
 else
   ip netns del "vgchk-probe-$$"
-  # A socket file alone proves nothing: one left by a containerd that has
-  # since been killed (a session that ended, a reboot without tmpfs /run)
-  # refuses connections, so ask it.
-  if ! ctr --address "$sock" version >/dev/null 2>&1; then
-    if command -v containerd >/dev/null; then
-      "$repo/scripts/containerd.sh" start || netns_reason="scripts/containerd.sh could not start containerd"
-    else
-      netns_reason="containerd is not installed (scripts/install-deps.sh)"
-    fi
+  # The agent runs in a cgroup of its own, which ends it with everything
+  # it started (containerd, shims, pods) at once: cgroup.kill (Linux 5.14),
+  # which a hierarchy's root has not.
+  probe=$cg2/vgchk-probe-$$
+  if [ -z "$cg2" ] || ! mkdir "$probe" 2>/dev/null; then
+    netns_reason="no cgroup v2 hierarchy to make cgroups in"
+  else
+    [ -e "$probe/cgroup.kill" ] || netns_reason="no cgroup.kill in cgroup v2 (Linux 5.14)"
+    rmdir "$probe"
+  fi
+  if [ -z "$netns_reason" ] && ! command -v runc >/dev/null; then
+    netns_reason="no runc on PATH, which the agent's containerd runs containers with (apt-get install runc)"
   fi
 fi
 
@@ -242,6 +311,32 @@ if [ -n "$netns_reason" ]; then
 else
   id=$$
   srv=vgchk-srv-$id agt=vgchk-agt-$id node=vgchk-$id
+  rs=$tmp/netns-server ra=$tmp/netns-agent
+  node_cg=$cg2/capstan/$node
+  # What the nodes change outside their roots, as `capstan down` undoes it
+  # (cluster/down.go): the host-wide settings the kubelet changes
+  # (protectKernelDefaults is off), and the host-wide directories a node
+  # uses, removed if this check made them and no other node runs.
+  kubelet_sysctls=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
+    kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
+  saved_sysctls=()
+  for k in "${kubelet_sysctls[@]}"; do
+    [ -r "/proc/sys/$k" ] && saved_sysctls+=("$k=$(cat "/proc/sys/$k")")
+  done
+  restore_sysctls() {
+    local kv
+    for kv in "${saved_sysctls[@]}"; do echo "${kv#*=}" >"/proc/sys/${kv%%=*}" || true; done
+  }
+  made_dirs=()
+  for d in /var/lib/kubelet /var/lib/cni /var/log/containers /run/capstan; do
+    [ -e "$d" ] || made_dirs+=("$d")
+  done
+  remove_made_dirs() {
+    local d
+    [ -z "$(find "$cg2/capstan" -mindepth 1 -maxdepth 1 -type d 2>/dev/null)" ] || return 0
+    for d in "${made_dirs[@]}"; do rm -rf --one-file-system "$d"; done
+  }
+  cleanups+=(restore_sysctls remove_made_dirs)
   # The agent mounts bpffs at /sys/fs/bpf if it is not there: undo that.
   if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != bpf_fs ]; then
     cleanups+=("[ -z \"\$(ls /sys/fs/bpf | grep -v '\\.debug\$')\" ] && umount /sys/fs/bpf")
@@ -259,25 +354,28 @@ else
     ip -n "$ns" link set eth1 up
   done
 
-  rs=$tmp/netns-server ra=$tmp/netns-agent
   provision "$rs" common.sh 2>/dev/null
   provision "$rs" server.sh 2>/dev/null
   provision "$ra" common.sh 2>/dev/null
   # In the agent's namespace, with no device given: it must find eth1 by
   # the node's address, as on a VM.
   check "agent.sh finds the device holding the node IP" \
-    ip netns exec "$agt" env CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME="$node" CAPSTAN_VM_CONTAINERD_SOCKET="$sock" CAPSTAN_VM_DATAPLANE_CGROUP= \
-    bash -c "$(declare -f provision); $(declare -p tmp here); provision '$ra' agent.sh CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME='$node' CAPSTAN_VM_CONTAINERD_SOCKET='$sock' CAPSTAN_VM_DATAPLANE_CGROUP= 2>/dev/null &&
+    ip netns exec "$agt" env CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME="$node" CAPSTAN_VM_DATAPLANE_CGROUP= \
+    bash -c "$(declare -f provision); $(declare -p tmp here); provision '$ra' agent.sh CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME='$node' CAPSTAN_VM_DATAPLANE_CGROUP= 2>/dev/null &&
       grep -qx 'dataplane-devices: \[\"eth1\"\]' '$ra/etc/capstan/agent.yaml'"
 
-  # run NS ROOT UNIT LOG: the unit's ExecStart in the namespace, as systemd would.
+  # run_unit NS ROOT UNIT LOG [CGROUP]: the unit's ExecStart in the
+  # namespace, as systemd would, in CGROUP (a v2 directory) if given.
   run_unit() {
-    local ns=$1 root=$2 unit=$3 logf=$4 cmd
+    local ns=$1 root=$2 unit=$3 logf=$4 cg=${5:-} cmd
     cmd=$(sed -n 's/^ExecStart=//p' "$root/etc/systemd/system/$unit")
     # nsenter, not ip netns exec, which remounts /sys and so hides the
     # cgroup2 and bpf filesystems beneath it (as capstan up runs its nodes).
     # shellcheck disable=SC2086 # the unit's command line, split as systemd does
-    nsenter --net="/run/netns/$ns" -- $cmd >"$logf" 2>&1 </dev/null &
+    (
+      if [ -n "$cg" ]; then mkdir -p "$cg" && echo "$BASHPID" >"$cg/cgroup.procs"; fi
+      exec nsenter --net="/run/netns/$ns" -- $cmd
+    ) >"$logf" 2>&1 </dev/null &
     echo $!
   }
   # stop PID: SIGTERM, then SIGKILL after 10s.
@@ -290,26 +388,91 @@ else
   cleanups+=("stop $spid")
   apid=
   kc=$rs/var/lib/capstan/admin.kubeconfig
-  for _ in $(seq 1 150); do [ -s "$kc" ] && break; sleep 0.2; done
+  for _ in $(seq 1 300); do [ -s "$kc" ] && break; sleep 0.2; done
   check "the server starts with secrets.sh's CA and writes its admin kubeconfig" test -s "$kc"
   check "the admin kubeconfig points at the server's address" grep -q 'server: https://192.168.56.10:6443$' "$kc"
-  check "the server signs with secrets.sh's CA" \
-    bash -c "grep -q \"certificate-authority-data: \$(base64 -w0 <'$tmp/secrets/ca.crt')\" '$kc'"
+  check "the server signs with secrets.sh's CA and keeps it and the token" \
+    bash -c "grep -q \"certificate-authority-data: \$(base64 -w0 <'$tmp/secrets/ca.crt')\" '$kc' &&
+      cmp -s '$tmp/secrets/ca.crt' '$rs/var/lib/capstan/pki/ca.crt' && cmp -s '$tmp/secrets/join-token' '$rs/var/lib/capstan/join-token'"
 
-  # What the agent leaves outside its root once stopped (capstan down
-  # removes the same for its nodes); then, run first, the agent's stop.
-  cleanups+=("ctr -a $sock namespaces rm capstan-$node >/dev/null 2>&1"
-    "for d in \$(find /sys/fs/cgroup -depth -type d -path '*/capstan/$node*' 2>/dev/null); do rmdir \$d; done; rmdir /sys/fs/cgroup/capstan /sys/fs/cgroup/*/capstan 2>/dev/null"
-    "rm -rf /sys/fs/bpf/capstan/$node; rmdir /sys/fs/bpf/capstan 2>/dev/null")
-  apid=$(run_unit "$agt" "$ra" capstan-agent.service "$tmp/agent.log")
+  # As server.sh waits before agent.sh runs: until the server accepts the
+  # join token (it makes the token's Secret after /readyz), which an agent
+  # asks first, stopping if refused.
+  cat >"$tmp/join.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: capstan, cluster: {server: "https://192.168.56.10:6443", certificate-authority: "$tmp/secrets/ca.crt"}}]
+users: [{name: join, user: {token: "$(cat "$tmp/secrets/join-token")"}}]
+contexts: [{name: join, context: {cluster: capstan, user: join}}]
+current-context: join
+EOF
+  in_srv() { nsenter --net="/run/netns/$srv" -- "$@"; }
+  whoami=
+  for _ in $(seq 1 120); do
+    whoami=$(in_srv "$capstan" kubectl --kubeconfig "$tmp/join.kubeconfig" auth whoami -o jsonpath='{.status.userInfo.username}' 2>/dev/null) && break
+    kill -0 "$spid" 2>/dev/null || break
+    sleep 1
+  done
+  check "the server accepts secrets.sh's join token, as a bootstrap token ($whoami)" \
+    test "$whoami" = "system:bootstrap:$(cut -d. -f1 "$tmp/secrets/join-token")"
+
+  # What the agent leaves outside its root once stopped, removed as
+  # cluster/down.go's removeNode does; run first, the agent's stop and the
+  # end of every process in its cgroup (its containerd, the shims, pods).
+  state=$ra/run/capstan/$node/containerd
+  shim_dir=/run/capstan/shims/$(printf %s "$state" | sha256sum | cut -c1-12)
+  kill_node_cgroup() {
+    [ -d "$node_cg" ] || return 0
+    echo 1 >"$node_cg/cgroup.kill"
+    for _ in $(seq 1 100); do grep -q '^populated 0' "$node_cg/cgroup.events" && return 0; sleep 0.1; done
+    echo "check.sh: processes left in $node_cg after 10s" >&2
+  }
+  # (libcni caches its results host-wide; the killed pods never got a DEL.)
+  remove_cni_cache() {
+    local d
+    for d in "$state"/io.containerd.grpc.v1.cri/sandboxes/*; do
+      [ -e "$d" ] && rm -f /var/lib/cni/results/capstan-"${d##*/}"-*
+    done
+    return 0
+  }
+  # The kubelet links every container's log into the host-wide
+  # /var/log/containers; killed, it never removes the links.
+  remove_log_links() {
+    local l
+    for l in /var/log/containers/*.log; do
+      [ -L "$l" ] && [[ $(readlink "$l") == "$tmp"/* ]] && rm -f "$l"
+    done
+    return 0
+  }
+  # Deepest first, in every hierarchy (the kubelet makes its cgroup root in
+  # the v1 ones too on a hybrid host); the shared parents only when empty.
+  remove_node_cgroups() {
+    local d
+    find /sys/fs/cgroup -depth -type d \( -path "*/capstan/$node" -o -path "*/capstan/$node/*" \) 2>/dev/null |
+      while IFS= read -r d; do rmdir "$d" 2>/dev/null || true; done
+    for d in /sys/fs/cgroup/*/capstan /sys/fs/cgroup/capstan; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+    return 0
+  }
+  cleanups+=(remove_node_cgroups
+    "rm -rf /sys/fs/bpf/capstan/$node; rmdir /sys/fs/bpf/capstan 2>/dev/null"
+    "rm -rf '$shim_dir'; rmdir /run/capstan/shims 2>/dev/null"
+    "unmount_under '$ra'" remove_cni_cache remove_log_links kill_node_cgroup)
+  apid=$(run_unit "$agt" "$ra" capstan-agent.service "$tmp/agent.log" "$node_cg/agent")
   cleanups+=("stop $apid")
 
-  in_srv() { nsenter --net="/run/netns/$srv" -- "$@"; }
+  kubectl() { in_srv "$capstan" kubectl --kubeconfig "$kc" "$@"; }
   if logged "$tmp/wait.log" "the agent joins and its node turns Ready (wait-nodes.sh)" \
-    in_srv env CAPSTAN="$capstan" "$here/wait-nodes.sh" "$kc" 1 60; then
+    in_srv env CAPSTAN="$capstan" "$here/wait-nodes.sh" "$kc" 1 180; then
     sed 's/^/      /' "$tmp/wait.log"
-    kubectl() { in_srv "$capstan" kubectl --kubeconfig "$kc" "$@"; }
-    check "the joined node keeps the kubeconfig agent.sh waits for" test -s "$ra/var/lib/capstan/nodes/$node/pki/kubelet.kubeconfig"
+    # (A path in the v2 hierarchy, as /proc/PID/cgroup shows it on "0::".)
+    own_containerd() {
+      local pid
+      pid=$(pgrep -f -- "--config $state/config.toml" | head -1)
+      [ -n "$pid" ] && [ -S "$state/containerd.sock" ] &&
+        grep -qx "0::${node_cg#"$cg2"}/agent" "/proc/$pid/cgroup"
+    }
+    check "the agent runs its own containerd (its socket under the run dir), in the agent's cgroup" own_containerd
+    check "the joined kubelet keeps the kubeconfig agent.sh waits for" test -s "$ra/var/lib/capstan/nodes/$node/kubelet/kubelet.kubeconfig"
     check "the node is the agent, with the node IP as InternalIP" \
       test "$(kubectl get node "$node" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')" = 192.168.56.11
     cidr=$(kubectl get node "$node" -o jsonpath='{.spec.podCIDR}')
@@ -318,19 +481,45 @@ else
       [ -n "$cidr" ] || return 1
       if command -v jq >/dev/null; then
         jq -e --arg cidr "$cidr" --arg root "$ra" \
-          '.plugins | length == 1 and .[0].type == "capstan-cni" and .[0].podCIDR == $cidr and (.[0].dataDir | startswith($root))' "$conf" >/dev/null
+          '.plugins | length == 1 and .[0].type == "capstan-cni" and .[0].podCIDRs == [$cidr] and (.[0].dataDir | startswith($root))' "$conf" >/dev/null
       elif command -v python3 >/dev/null; then
         python3 - "$conf" "$cidr" "$ra" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))["plugins"]
-assert len(p) == 1 and p[0]["type"] == "capstan-cni" and p[0]["podCIDR"] == sys.argv[2]
+assert len(p) == 1 and p[0]["type"] == "capstan-cni" and p[0]["podCIDRs"] == [sys.argv[2]]
 assert p[0]["dataDir"].startswith(sys.argv[3])
 PY
       else
-        grep -q '"type": "capstan-cni"' "$conf" && grep -q "\"podCIDR\": \"$cidr\"" "$conf"
+        grep -q '"type": "capstan-cni"' "$conf" && grep -q "\"$cidr\"" "$conf"
       fi
     }
     check "the agent wrote a CNI configuration naming capstan-cni for its podCIDR ($cidr)" conf_ok
+
+    # A pod on the node: the sandbox image the agent made from capstan-pause
+    # (also the container's image: nothing is pulled), runc, the CNI plugin
+    # from /opt/cni/bin, an address from the podCIDR. It is still running
+    # at the teardown, which must end it.
+    in_cidr() {
+      local a b c d ip net bits=${2#*/}
+      IFS=. read -r a b c d <<<"$1"
+      ip=$(((a << 24) | (b << 16) | (c << 8) | d))
+      IFS=. read -r a b c d <<<"${2%/*}"
+      net=$(((a << 24) | (b << 16) | (c << 8) | d))
+      [ $(((ip ^ net) >> (32 - bits))) -eq 0 ]
+    }
+    pod_runs() {
+      local ip
+      # The default ServiceAccount comes shortly after the namespace.
+      for _ in $(seq 1 30); do
+        kubectl run vgchk --image=registry.k8s.io/pause:3.10.2 --image-pull-policy=Never --restart=Never && break
+        sleep 1
+      done
+      kubectl wait --for=condition=Ready pod/vgchk --timeout=120s &&
+        ip=$(kubectl get pod vgchk -o jsonpath='{.status.podIP}') &&
+        echo "pod IP $ip, node $(kubectl get pod vgchk -o jsonpath='{.spec.nodeName}')" &&
+        in_cidr "$ip" "$cidr" && [ -n "$(ls "$ra/var/lib/capstan/nodes/$node/ipam" 2>/dev/null)" ]
+    }
+    logged "$tmp/pod.log" "a pod runs on the node with an address from its podCIDR" pod_runs || true
 
     # netpol.sh (make vagrant-netpol) on this cluster, with vagrant, ssh and
     # go stubbed: the server "VM" hands over the kubeconfig the server wrote.
@@ -355,21 +544,38 @@ cat '$kc'"
   else
     echo "---- server log (tail)"; tail -20 "$tmp/server.log"
     echo "---- agent log (tail)"; tail -30 "$tmp/agent.log"
+    echo "---- containerd log (tail)"; tail -10 "$ra/var/lib/capstan/nodes/$node/containerd.log" 2>/dev/null || true
   fi
 
   # Tear down now, and check that nothing of the nodes is left.
+  teardown_start=$SECONDS
   run_cleanups
   leftovers() {
-    local left=()
+    local left=() p kv
     ip netns list | grep -qE "^($srv|$agt)( |\$)" && left+=("network namespaces")
     [ -e "/sys/fs/bpf/capstan/$node" ] && left+=("BPF pins")
     [ -n "$(find /sys/fs/cgroup -type d -path "*/capstan/$node" 2>/dev/null)" ] && left+=("cgroups")
-    ctr -a "$sock" namespaces ls -q 2>/dev/null | grep -qx "capstan-$node" && left+=("containerd namespace")
     kill -0 "$spid" 2>/dev/null && left+=("server process")
     kill -0 "$apid" 2>/dev/null && left+=("agent process")
-    [ "${#left[@]}" -eq 0 ] || { echo "      left behind: ${left[*]}"; return 1; }
+    # containerd, shims: their command lines name the agent's root.
+    for p in /proc/[0-9]*; do
+      grep -qF -- "$tmp/" "$p/cmdline" 2>/dev/null && { left+=("process ${p#/proc/}: $(tr '\0' ' ' <"$p/cmdline" | cut -c1-80)"); }
+    done
+    awk -v d="$tmp" 'index($5, d "/") == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo && left+=("mounts under $tmp")
+    [ -e "$shim_dir" ] && left+=("shim sockets $shim_dir")
+    # libcni's cached results name the pod's netns (under the agent's root).
+    for p in /var/lib/cni/results/capstan-*; do
+      grep -qF -- "$tmp/" "$p" 2>/dev/null && left+=("$p")
+    done
+    for p in /var/log/containers/*.log; do
+      [[ $(readlink "$p") == "$tmp"/* ]] && left+=("$p")
+    done
+    for kv in "${saved_sysctls[@]}"; do
+      [ "$(cat "/proc/sys/${kv%%=*}")" = "${kv#*=}" ] || left+=("sysctl ${kv%%=*}")
+    done
+    [ "${#left[@]}" -eq 0 ] || { printf '      left behind: %s\n' "${left[@]}"; return 1; }
   }
-  check "nothing of the netns nodes is left after the teardown" leftovers
+  check "nothing of the netns nodes is left after the teardown ($((SECONDS - teardown_start))s)" leftovers
 fi
 
 echo "$pass passed, $fail failed ($((SECONDS - start))s)"

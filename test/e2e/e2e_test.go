@@ -119,8 +119,10 @@ func runCase(t *testing.T, cc clusterCase, tools *clustertest.Tools) []result {
 		Subnet: netip.MustParsePrefix(fmt.Sprintf("172.29.%d.0/24", 1+rand.IntN(250))),
 		Port:   20000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images},
 		// A stopped agent's node is declared unreachable, and its pods
-		// evicted, within a scenario's patience.
-		ServerArgs: []string{"--node-monitor-grace-period", "10s", "--default-unreachable-toleration-seconds", "5"},
+		// evicted, within a scenario's patience; kubelets renew their leases
+		// often enough for that grace period.
+		ServerArgs: []string{"--kube-controller-manager-arg", "node-monitor-grace-period=10s", "--kube-apiserver-arg", "default-unreachable-toleration-seconds=5"},
+		AgentArgs:  []string{"--kubelet-arg", "config-dir=" + kubeletDropIn(t, dir)},
 	}
 	ctx := context.Background()
 	c, err := clustertest.Up(t, cfg)
@@ -151,6 +153,21 @@ func runCase(t *testing.T, cc clusterCase, tools *clustertest.Tools) []result {
 		results = append(results, result{cc.name, sc.name, ok, time.Since(start)})
 	}
 	return results
+}
+
+// kubeletDropIn writes a kubelet configuration drop-in (the kubelet's own
+// --config-dir) with a node lease short enough for a 10 s grace period:
+// renewed every 2.5 s instead of 10 s.
+func kubeletDropIn(t *testing.T, dir string) string {
+	d := filepath.Join(dir, "kubelet.conf.d")
+	conf := "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeLeaseDurationSeconds: 10\nnodeStatusUpdateFrequency: 4s\n"
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "10-lease.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // diagnose logs what a failed scenario leaves to look at.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs `capstan agent` (the kubelet and the node's eBPF dataplane) as the
-# systemd unit capstan-agent: installs the CNI plugin into /opt/cni/bin,
-# prepares /etc/cni/net.d (the agent writes 10-capstan.conflist there once
-# the node has its podCIDR), and joins the server with the host-made join
-# token and CA. Run common.sh first.
+# Runs `capstan agent` (its own containerd v2, the upstream kubelet and the
+# node's eBPF dataplane) as the systemd unit capstan-agent: installs the CNI
+# plugin into /opt/cni/bin, prepares /etc/cni/net.d (the agent writes
+# 10-capstan.conflist there once its dataplane is attached and the node has
+# its podCIDR), and joins the server with the host-made join token (kubelet
+# TLS bootstrapping) and CA. Run common.sh first.
 # Settings: provision/env.sh; CAPSTAN_VM_NODE_IP is required. Run as root;
 # safe to run again.
 set -euo pipefail
@@ -22,6 +23,8 @@ case $CAPSTAN_VM_MODE in ebpf | iptables) ;; *) die "CAPSTAN_VM_MODE=$CAPSTAN_VM
 for f in join-token ca.crt; do
   [ -s "$CAPSTAN_VM_SECRETS/$f" ] || die "missing $CAPSTAN_VM_SECRETS/$f (deploy/vagrant/secrets.sh makes it on the host)"
 done
+is_bootstrap_token "$CAPSTAN_VM_SECRETS/join-token" ||
+  die "$CAPSTAN_VM_SECRETS/join-token is not a bootstrap token (an older secrets.sh made it): remove $CAPSTAN_VM_SECRETS on the host and destroy the VMs"
 
 # The NodePort programs go on the device that carries the node's address
 # (eth1 on a Vagrant private network; eth0 is the provider's NAT).
@@ -36,10 +39,10 @@ fi
 changed=0
 install_file 0755 "$CAPSTAN_VM_SRC/capstan-cni" "$cni_bin_dir/capstan-cni"
 mkdir -p "$cni_conf_dir"
-# The kubelet uses the first configuration list (by name) in the directory.
+# containerd's CRI plugin uses the first configuration list (by name) there.
 for f in "$cni_conf_dir"/*.conflist; do
   [ -e "$f" ] || continue
-  [ "${f##*/}" = 10-capstan.conflist ] || log "warning: $f is not Capstan's; the agent uses the first .conflist by name"
+  [ "${f##*/}" = 10-capstan.conflist ] || log "warning: $f is not Capstan's; containerd uses the first .conflist by name"
 done
 
 images=()
@@ -58,8 +61,10 @@ optional=
 if [ -n "$CAPSTAN_VM_DATAPLANE_CGROUP" ]; then
   optional+="dataplane-cgroup: $(yaml_str "$CAPSTAN_VM_DATAPLANE_CGROUP")"
 fi
-# Keys are `capstan agent` flag names (--config). The token is needed for
-# the first start only (the node keeps its certificates), hence mode 0600.
+# Keys are `capstan agent` flag names (--config; an unknown key is an error).
+# The token is needed for the first start only (the kubelet then has its own
+# certificate), hence mode 0600. containerd's state is under run-dir, its
+# images under data-dir; pods run under the cgroup /capstan/<node>.
 write_file 0600 "$etc_dir/agent.yaml" <<EOF
 # capstan agent --config: keys are flag names (capstan agent --help).
 server: $(yaml_str "https://$CAPSTAN_VM_SERVER_IP:$CAPSTAN_VM_SERVER_PORT")
@@ -69,7 +74,6 @@ node-name: $(yaml_str "$node")
 node-ip: [$(yaml_str "$CAPSTAN_VM_NODE_IP")]
 data-dir: $(yaml_str "$data_dir")
 run-dir: $(yaml_str "$run_dir")
-containerd-socket: $(yaml_str "$CAPSTAN_VM_CONTAINERD_SOCKET")
 cni-conf-dir: $(yaml_str "$cni_conf_dir")
 cni-bin-dir: [$(yaml_str "$cni_bin_dir")]
 import-images: [$image_list]
@@ -81,17 +85,22 @@ service-cidr: $(yaml_str "$CAPSTAN_VM_SERVICE_CIDR")
 log-level: $(yaml_str "$CAPSTAN_VM_LOG_LEVEL")
 ${optional}
 EOF
-# Pods are containerd's (their shims live in containerd's cgroup), so
-# stopping or restarting the agent leaves them running, as with a kubelet.
-write_unit capstan-agent "Capstan node agent (kubelet and eBPF dataplane)" \
-  "network-online.target containerd.service" "network-online.target containerd.service capstan-server.service" \
-  "agent --config $etc_dir/agent.yaml" "LimitMEMLOCK=infinity"
+# The agent's containerd and the containers' shims are children of the
+# agent, in this unit's cgroup (the containers themselves are in the pods'
+# cgroups under /capstan/<node>). KillMode=process and Delegate=yes, as
+# containerd.service has them: stopping or restarting the agent ends the
+# agent, which stops its containerd, and leaves the shims and pods running,
+# as with a kubelet; the next containerd takes them over.
+write_unit capstan-agent "Capstan node agent (containerd, kubelet and eBPF dataplane)" \
+  network-online.target "network-online.target capstan-server.service" "${node_binaries[*]}" \
+  "agent --config $etc_dir/agent.yaml" "LimitMEMLOCK=infinity" "KillMode=process" "Delegate=yes"
 
 start_unit capstan-agent
 
-# A joined node keeps its kubeconfig; wait for it, so that a wrong token,
-# CA or server address fails the provisioning rather than a later test.
-wait_unit capstan-agent 180 "node $node did not join" test -f "$data_dir/nodes/$node/pki/kubelet.kubeconfig"
+# A joined node's kubelet has its own kubeconfig (TLS bootstrapping done);
+# wait for it, so that a wrong token, CA or server address fails the
+# provisioning rather than a later test.
+wait_unit capstan-agent 180 "node $node did not join" test -s "$data_dir/nodes/$node/kubelet/kubelet.kubeconfig"
 if on "$CAPSTAN_VM_SYSTEMD"; then
   log "node $node joined https://$CAPSTAN_VM_SERVER_IP:$CAPSTAN_VM_SERVER_PORT (device $device)"
 fi

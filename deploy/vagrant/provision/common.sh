@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# Prepares any Capstan node: Debian packages (containerd, runc, iproute2),
-# kernel settings (forwarding, bpffs at /sys/fs/bpf, cgroup v2), a
-# containerd for the agent, and the capstan binaries.
+# Prepares any Capstan node: Debian packages (runc, iproute2, iptables),
+# kernel settings (forwarding, bpffs at /sys/fs/bpf, cgroup v2), and the
+# binaries from the host's build: capstan with, beside it, what the agent
+# runs (its own containerd v2 and runc shim, capstan-pause for the sandbox
+# image). No system containerd: each agent starts and supervises its own.
 # Settings: provision/env.sh. Run as root; safe to run again.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=env.sh
 . "$here/env.sh"
 
+# runc: the agent's containerd runs containers with the runc on PATH;
 # iptables: the agent removes iptables-mode rules when it runs in eBPF mode
-# (and uses them in --mode iptables); kmod: containerd's unit loads overlay.
-apt_install containerd runc iproute2 iptables kmod util-linux ca-certificates
+# (and uses them in --mode iptables); kmod: the kernel loads overlay (the
+# snapshotter's filesystem) through modprobe.
+apt_install runc iproute2 iptables kmod util-linux ca-certificates
+if on "$CAPSTAN_VM_APT"; then
+  command -v runc >/dev/null || die "no runc on PATH after apt-get install runc: the agent's containerd needs it"
+fi
 
 # Forwarding for pods and NodePorts (the agent and CNI plugin turn it on
-# too, but only once they run); kept across reboots.
+# too, but only once they run); kept across reboots. The kubelet sets
+# vm.overcommit_memory, kernel.panic and kernel.panic_on_oops itself.
 write_file 0644 "$sysctl_dir/90-capstan.conf" <<'EOF'
 # Capstan node: forward pod and NodePort traffic.
 net.ipv4.ip_forward = 1
@@ -40,27 +48,17 @@ else
   log "skipped: sysctl, cgroup v2 check, bpffs mount"
 fi
 
-# containerd as Capstan's own script configures it (scripts/containerd.sh):
-# no CRI plugin, since the agent is the kubelet and drives containerd
-# through its Go client, one containerd namespace per node.
+# capstan and its companions side by side in /usr/local/bin: the agent runs
+# the containerd, containerd-shim-runc-v2 and capstan-pause it finds next to
+# its own binary (make build leaves them so in bin/).
 changed=0
-write_file 0644 "$containerd_conf" <<'EOF'
-# Written by Capstan's provisioning (deploy/vagrant/provision/common.sh).
-version = 2
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-EOF
-start_unit containerd
-wait_unit containerd 30 "containerd did not make $CAPSTAN_VM_CONTAINERD_SOCKET" test -S "$CAPSTAN_VM_CONTAINERD_SOCKET"
-
-# capstan and its log driver side by side: the agent runs the driver it
-# finds next to its own binary (the containerd shim starts one per container).
-changed=0
-install_file 0755 "$CAPSTAN_VM_SRC/capstan" "$bin_dir/capstan"
-install_file 0755 "$CAPSTAN_VM_SRC/capstan-logdriver" "$bin_dir/capstan-logdriver"
-# The digest goes into the units, so that a new build restarts them.
-if [ "$changed" = 1 ] || [ ! -s "$etc_dir/capstan.sha256" ]; then
-  sum=$(sha256sum "$bin_dir/capstan")
-  printf '%s\n' "${sum%% *}" | write_file 0644 "$etc_dir/capstan.sha256"
+for b in "${node_binaries[@]}"; do
+  install_file 0755 "$CAPSTAN_VM_SRC/$b" "$bin_dir/$b"
+done
+# Their digests go into the units, so that a new build restarts them.
+if [ "$changed" = 1 ] || [ ! -s "$etc_dir/binaries.sha256" ]; then
+  (cd "$bin_dir" && sha256sum "${node_binaries[@]}") | write_file 0644 "$etc_dir/binaries.sha256"
 fi
 "$bin_dir/capstan" version >/dev/null || die "$bin_dir/capstan does not run here (built for another libc? build with CGO_ENABLED=0)"
-log "node base ready: $("$bin_dir/capstan" version)"
+"$bin_dir/containerd" --version >/dev/null || die "$bin_dir/containerd does not run here (built for another libc? build with CGO_ENABLED=0)"
+log "node base ready: $("$bin_dir/capstan" version); $("$bin_dir/containerd" --version)"

@@ -21,8 +21,8 @@
 #   CAPSTAN_VM_SERVER_IP / CAPSTAN_VM_SERVER_PORT   the API server
 #   CAPSTAN_VM_NODE_NAME / CAPSTAN_VM_NODE_IP       this node
 #   CAPSTAN_VM_DEVICE    node device for NodePort programs (default: the one holding NODE_IP)
-#   CAPSTAN_VM_CONTAINERD_SOCKET, CAPSTAN_VM_ROUTING, CAPSTAN_VM_MODE,
-#   CAPSTAN_VM_CLUSTER_CIDR, CAPSTAN_VM_SERVICE_CIDR, CAPSTAN_VM_LOG_LEVEL
+#   CAPSTAN_VM_ROUTING, CAPSTAN_VM_MODE, CAPSTAN_VM_CLUSTER_CIDR,
+#   CAPSTAN_VM_SERVICE_CIDR, CAPSTAN_VM_LOG_LEVEL
 #   CAPSTAN_VM_DATAPLANE_CGROUP  cgroup v2 directory of the socket load balancer
 #                        (default /sys/fs/cgroup: the VM's own processes reach
 #                        ClusterIPs too, as with kube-proxy; empty: pods only)
@@ -41,7 +41,6 @@ fi
 : "${CAPSTAN_VM_NODE_NAME:=$(hostname)}"
 : "${CAPSTAN_VM_NODE_IP:=}"
 : "${CAPSTAN_VM_DEVICE:=}"
-: "${CAPSTAN_VM_CONTAINERD_SOCKET:=/run/containerd/containerd.sock}"
 : "${CAPSTAN_VM_ROUTING:=native}"
 : "${CAPSTAN_VM_MODE:=ebpf}"
 : "${CAPSTAN_VM_CLUSTER_CIDR:=10.244.0.0/16}"
@@ -58,7 +57,6 @@ cni_conf_dir=$vm_root/etc/cni/net.d
 etc_dir=$vm_root/etc/capstan
 unit_dir=$vm_root/etc/systemd/system
 sysctl_dir=$vm_root/etc/sysctl.d
-containerd_conf=$vm_root/etc/containerd/config.toml
 data_dir=$vm_root/var/lib/capstan
 run_dir=$vm_root/run/capstan
 images_dir=$data_dir/images
@@ -98,8 +96,14 @@ kernel_at_least() {
   [ "$major" -gt "$2" ] || { [ "$major" -eq "$2" ] && [ "$minor" -ge "$3" ]; }
 }
 
-# A node name must be a DNS-1123 subdomain: it names a Node object, a
-# containerd namespace and a cgroup.
+# is_bootstrap_token FILE: FILE holds a Kubernetes bootstrap token
+# ("abcdef.0123456789abcdef"), the only join token capstan accepts.
+is_bootstrap_token() {
+  [[ $(tr -d '[:space:]' <"$1") =~ ^[a-z0-9]{6}\.[a-z0-9]{16}$ ]]
+}
+
+# A node name must be a DNS-1123 subdomain: it names a Node object, and
+# the agent's directories and cgroup.
 is_node_name() {
   [ "${#1}" -le 63 ] && [[ $1 =~ ^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$ ]]
 }
@@ -140,18 +144,33 @@ write_file() {
   log "wrote $dst"
 }
 
-# capstan_digest: the installed capstan's sha256, which common.sh records.
-capstan_digest() {
-  [ -s "$etc_dir/capstan.sha256" ] || die "no $etc_dir/capstan.sha256: run common.sh first"
-  cat "$etc_dir/capstan.sha256"
+# Binaries installed beside capstan (common.sh): the agent runs its own
+# containerd with the runc shim from there, and makes the pod sandbox image
+# from capstan-pause.
+node_binaries=(capstan capstan-pause containerd containerd-shim-runc-v2)
+
+# binary_digests NAME...: a comment line per binary with the sha256 of the
+# installed copy, as common.sh recorded it.
+binary_digests() {
+  local name sum
+  [ -s "$etc_dir/binaries.sha256" ] || die "no $etc_dir/binaries.sha256: run common.sh first"
+  for name in "$@"; do
+    sum=$(awk -v n="$name" '$2 == n { print $1 }' "$etc_dir/binaries.sha256")
+    [ -n "$sum" ] || die "$etc_dir/binaries.sha256 has no $name: run common.sh again"
+    printf '# %s sha256 %s\n' "$name" "$sum"
+  done
 }
 
-# write_unit NAME DESCRIPTION WANTS AFTER ARGS [LINE...]: the systemd unit
-# NAME.service running `capstan ARGS`, with extra [Service] LINEs.
+# write_unit NAME DESCRIPTION WANTS AFTER BINARIES ARGS [LINE...]: the
+# systemd unit NAME.service running `capstan ARGS`, with extra [Service]
+# LINEs. BINARIES (names in bin_dir) are what the unit runs: their digests
+# go into it, so that a new build changes the unit and restarts it.
 write_unit() {
-  local name=$1 desc=$2 wants=$3 after=$4 args=$5 extra=
-  shift 5
+  local name=$1 desc=$2 wants=$3 after=$4 binaries=$5 args=$6 extra='' digests
+  shift 6
   [ $# -eq 0 ] || extra=$(printf '%s\n' "$@")  # (the last newline is dropped)
+  # shellcheck disable=SC2086 # a list of names
+  digests=$(binary_digests $binaries) || exit 1
   write_file 0644 "$unit_dir/$name.service" <<EOF
 [Unit]
 Description=$desc
@@ -160,8 +179,8 @@ Wants=$wants
 After=$after
 
 [Service]
-# The binary's digest, so that a new build changes the unit and restarts it.
-# capstan sha256 $(capstan_digest)
+# The binaries' digests, so that a new build changes the unit and restarts it.
+$digests
 ExecStart=$bin_dir/capstan $args
 Restart=always
 RestartSec=5

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,9 +21,12 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/capstan-net/capstan/control/server/servertest"
+	"github.com/capstan-net/capstan/test/bench/podbench"
 )
 
 // Config sizes a run.
@@ -36,17 +40,25 @@ type Config struct {
 	DataDir string
 	// ContentType of requests: application/json or application/vnd.kubernetes.protobuf.
 	ContentType string
+	// ServerArgs are extra `capstan server` flags (component tuning).
+	ServerArgs []string
 }
 
 // Result is what a run measured.
 type Result struct {
-	Pods, Watchers       int
-	CreateSeconds        float64
-	CreatesPerSecond     float64
-	Deliveries           int
-	WatchP50, WatchP99   time.Duration
-	WatchMax             time.Duration
+	Pods, Watchers     int
+	CreateSeconds      float64
+	CreatesPerSecond   float64
+	Deliveries         int
+	WatchP50, WatchP99 time.Duration
+	WatchMax           time.Duration
+	// WatchRestarts counts watches the server ended and the watcher resumed.
+	WatchRestarts        int
 	CreateP50, CreateP99 time.Duration
+	// Server is the server process's memory before the pods were created
+	// and after the run (Peak: its high-water mark over the whole run).
+	ServerBefore, ServerAfter podbench.Memory
+	ServerArgs                []string
 }
 
 // Run starts a server, creates the pods while the watchers watch, and
@@ -64,135 +76,225 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		defer os.RemoveAll(d)
 		dir = d
 	}
-	srv, err := servertest.Start(ctx, servertest.Options{Binary: cfg.Binary, DataDir: dir})
+	srv, err := servertest.Start(ctx, servertest.Options{Binary: cfg.Binary, DataDir: dir, Args: cfg.ServerArgs})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	defer srv.Stop()
-	rc := rest.CopyConfig(srv.Config)
-	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
-	if cfg.ContentType != "" {
-		rc.ContentType = cfg.ContentType
-		rc.AcceptContentTypes = cfg.ContentType
-	}
-	client, err := kubernetes.NewForConfig(rc)
+	log.Info("server ready", "pid", srv.Pid(), "log", srv.Log)
+	client, writers, err := clients(srv.Config, cfg.ContentType)
 	if err != nil {
 		return nil, err
 	}
-	// Writers use several connections, as many clients of a real server
-	// would; one HTTP/2 connection serialises its frames.
+	if err := waitForServiceAccount(ctx, client, "default"); err != nil {
+		return nil, err
+	}
+	before, err := podbench.ReadMemory(srv.Pid())
+	if err != nil {
+		return nil, fmt.Errorf("server memory: %w", err)
+	}
+	res, err := measure(ctx, cfg, client, writers)
+	if err != nil {
+		return nil, err
+	}
+	if res.ServerAfter, err = podbench.ReadMemory(srv.Pid()); err != nil {
+		return nil, fmt.Errorf("server memory: %w", err)
+	}
+	res.ServerBefore, res.ServerArgs = before, cfg.ServerArgs
+	return res, nil
+}
+
+// clients are the watchers' client and the writers': several connections,
+// as many clients of a real server would have; one HTTP/2 connection
+// serialises its frames. None is rate-limited on the client side.
+func clients(base *rest.Config, contentType string) (kubernetes.Interface, []kubernetes.Interface, error) {
+	rc := rest.CopyConfig(base)
+	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
+	if contentType != "" {
+		rc.ContentType = contentType
+		rc.AcceptContentTypes = contentType
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, err
+	}
 	const conns = 8
 	writers := make([]kubernetes.Interface, conns)
 	for i := range writers {
 		c := rest.CopyConfig(rc)
 		c.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil } // uncached transport
 		if writers[i], err = kubernetes.NewForConfig(c); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	// The namespace controller bootstraps "default" just after start.
-	for i := 0; ; i++ {
-		if _, err := client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{}); err == nil {
-			break
-		} else if i > 100 {
-			return nil, err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return client, writers, nil
+}
 
+// measure runs the watchers and the creates.
+func measure(ctx context.Context, cfg Config, client kubernetes.Interface, writers []kubernetes.Interface) (*Result, error) {
 	created := make([]atomic.Int64, cfg.Pods) // unix nanos when each create returned
-	var mu sync.Mutex
-	var deliveries []time.Duration
-	var wwg sync.WaitGroup
+	list, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	var restarts atomic.Int64
+	w := &watchers{pods: cfg.Pods, created: created}
 	for i := 0; i < cfg.Watchers; i++ {
-		w, err := client.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{ResourceVersion: "0"})
+		rw, err := resumableWatch(ctx, client, list.ResourceVersion, &restarts)
 		if err != nil {
 			return nil, fmt.Errorf("watch: %w", err)
 		}
-		wwg.Add(1)
-		go func(w watch.Interface) {
-			defer wwg.Done()
-			defer w.Stop()
-			local := make([]time.Duration, 0, cfg.Pods)
-			seen := 0
-			for ev := range w.ResultChan() {
-				if ev.Type != watch.Added {
-					continue
-				}
-				now := time.Now().UnixNano()
-				pod := ev.Object.(*corev1.Pod)
-				var idx int
-				fmt.Sscanf(pod.Name, "bench-%d", &idx)
-				// The event may beat the create's response; wait for it.
-				for created[idx].Load() == 0 {
-					time.Sleep(50 * time.Microsecond)
-				}
-				lat := time.Duration(now - created[idx].Load())
-				if lat < 0 {
-					lat = 0
-				}
-				local = append(local, lat)
-				if seen++; seen == cfg.Pods {
-					break
-				}
-			}
-			mu.Lock()
-			deliveries = append(deliveries, local...)
-			mu.Unlock()
-		}(w)
+		w.start(rw)
 	}
-
-	var next atomic.Int64
-	var cwg sync.WaitGroup
-	createLat := make([]time.Duration, cfg.Pods)
-	var firstErr atomic.Value
-	start := time.Now()
-	for i := 0; i < cfg.Workers; i++ {
-		cwg.Add(1)
-		client := writers[i%conns]
-		go func() {
-			defer cwg.Done()
-			for {
-				idx := int(next.Add(1) - 1)
-				if idx >= cfg.Pods {
-					return
-				}
-				pod := &corev1.Pod{
-					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%d", idx), Labels: map[string]string{"app": "bench"}},
-					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "capstan.local/echo:latest"}}},
-				}
-				t0 := time.Now()
-				if _, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					created[idx].Store(time.Now().UnixNano())
-					continue
-				}
-				createLat[idx] = time.Since(t0)
-				created[idx].Store(time.Now().UnixNano())
-			}
-		}()
+	elapsed, createLat, err := createAll(ctx, cfg, writers, created)
+	if err != nil {
+		return nil, err
 	}
-	cwg.Wait()
-	elapsed := time.Since(start)
-	if err, _ := firstErr.Load().(error); err != nil {
-		return nil, fmt.Errorf("create: %w", err)
+	deliveries, err := w.wait(2 * time.Minute)
+	if err != nil {
+		return nil, err
 	}
-	done := make(chan struct{})
-	go func() { wwg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Minute):
-		return nil, fmt.Errorf("watchers did not see every pod within 2 minutes")
+	if len(deliveries) != cfg.Pods*cfg.Watchers {
+		return nil, fmt.Errorf("watchers saw %d pods of %d: a watch ended for good", len(deliveries), cfg.Pods*cfg.Watchers)
 	}
 	res := &Result{
 		Pods: cfg.Pods, Watchers: cfg.Watchers,
 		CreateSeconds:    elapsed.Seconds(),
 		CreatesPerSecond: float64(cfg.Pods) / elapsed.Seconds(),
 		Deliveries:       len(deliveries),
+		WatchRestarts:    int(restarts.Load()),
 	}
 	res.WatchP50, res.WatchP99, res.WatchMax = quantiles(deliveries)
 	res.CreateP50, res.CreateP99, _ = quantiles(createLat)
 	return res, nil
+}
+
+// resumableWatch watches the pods from rv and, when the server ends the
+// watch (it ends watchers that fall behind), resumes where it was, as an
+// informer would; restarts counts those.
+func resumableWatch(ctx context.Context, client kubernetes.Interface, rv string, restarts *atomic.Int64) (watch.Interface, error) {
+	first := true
+	return watchtools.NewRetryWatcherWithContext(ctx, rv, &cache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			if !first {
+				restarts.Add(1)
+			}
+			first = false
+			return client.CoreV1().Pods("default").Watch(ctx, opts)
+		},
+	})
+}
+
+// watchers time the ADDED event of each pod against its create's response.
+type watchers struct {
+	pods    int
+	created []atomic.Int64
+	mu      sync.Mutex
+	all     []time.Duration
+	wg      sync.WaitGroup
+}
+
+func (ws *watchers) start(w watch.Interface) {
+	ws.wg.Add(1)
+	go func() {
+		defer ws.wg.Done()
+		defer w.Stop()
+		local := make([]time.Duration, 0, ws.pods)
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if ev.Type != watch.Added || !ok {
+				continue
+			}
+			local = append(local, ws.latency(pod.Name, time.Now().UnixNano()))
+			if len(local) == ws.pods {
+				break
+			}
+		}
+		ws.mu.Lock()
+		ws.all = append(ws.all, local...)
+		ws.mu.Unlock()
+	}()
+}
+
+// latency is from the create's response to now.
+func (ws *watchers) latency(name string, now int64) time.Duration {
+	var idx int
+	fmt.Sscanf(name, "bench-%d", &idx)
+	// The event may beat the create's response; wait for it.
+	for ws.created[idx].Load() == 0 {
+		time.Sleep(50 * time.Microsecond)
+	}
+	return max(0, time.Duration(now-ws.created[idx].Load()))
+}
+
+// wait returns every delivery once each watcher has seen every pod.
+func (ws *watchers) wait(timeout time.Duration) ([]time.Duration, error) {
+	done := make(chan struct{})
+	go func() { ws.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return ws.all, nil
+	case <-time.After(timeout):
+		return nil, fmt.Errorf("watchers did not see every pod within %v", timeout)
+	}
+}
+
+// createAll creates the pods from cfg.Workers goroutines over the writers'
+// connections, recording when each create returned.
+func createAll(ctx context.Context, cfg Config, writers []kubernetes.Interface, created []atomic.Int64) (time.Duration, []time.Duration, error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	createLat := make([]time.Duration, cfg.Pods)
+	var firstErr atomic.Value
+	start := time.Now()
+	for i := 0; i < cfg.Workers; i++ {
+		wg.Add(1)
+		client := writers[i%len(writers)]
+		go func() {
+			defer wg.Done()
+			for idx := int(next.Add(1) - 1); idx < cfg.Pods; idx = int(next.Add(1) - 1) {
+				pod := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%d", idx), Labels: map[string]string{"app": "bench"}},
+					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "capstan.local/echo:latest"}}},
+				}
+				t0 := time.Now()
+				_, err := client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+				} else {
+					createLat[idx] = time.Since(t0)
+				}
+				created[idx].Store(time.Now().UnixNano())
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err, _ := firstErr.Load().(error); err != nil {
+		return 0, nil, fmt.Errorf("create: %w", err)
+	}
+	return elapsed, createLat, nil
+}
+
+// waitForServiceAccount waits for the namespace's default ServiceAccount:
+// the ServiceAccount admission plugin refuses pods until the controller
+// manager has made it, a few seconds after start.
+func waitForServiceAccount(ctx context.Context, client kubernetes.Interface, ns string) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("service account %s/default: %w", ns, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func quantiles(d []time.Duration) (p50, p99, max time.Duration) {
@@ -206,6 +308,11 @@ func quantiles(d []time.Duration) (p50, p99, max time.Duration) {
 // Print writes a result table.
 func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "API benchmark: %d pods created by concurrent clients, %d watchers\n", r.Pods, r.Watchers)
+	fmt.Fprintf(w, "  server: capstan server (kube-apiserver, kube-controller-manager, kube-scheduler, embedded etcd) in a child process\n")
+	if len(r.ServerArgs) > 0 {
+		fmt.Fprintf(w, "  server flags: %s\n", strings.Join(r.ServerArgs, " "))
+	}
+	fmt.Fprintf(w, "  (no nodes: the server's scheduler tries every pod and marks it Unschedulable, part of the server's load)\n")
 	fmt.Fprintf(w, "  creates/s              %10.0f   (%.2fs total)\n", r.CreatesPerSecond, r.CreateSeconds)
 	fmt.Fprintf(w, "  create latency p50     %10s\n", r.CreateP50.Round(time.Microsecond))
 	fmt.Fprintf(w, "  create latency p99     %10s\n", r.CreateP99.Round(time.Microsecond))
@@ -213,4 +320,16 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "  watch delivery p50     %10s\n", r.WatchP50.Round(time.Microsecond))
 	fmt.Fprintf(w, "  watch delivery p99     %10s\n", r.WatchP99.Round(time.Microsecond))
 	fmt.Fprintf(w, "  watch delivery max     %10s\n", r.WatchMax.Round(time.Microsecond))
+	fmt.Fprintf(w, "  watch restarts         %10d   (watches the server ended, resumed from their last event)\n", r.WatchRestarts)
+	fmt.Fprintf(w, "  server RSS before      %14s\n", podbench.MiB(r.ServerBefore.RSS))
+	fmt.Fprintf(w, "  server RSS after       %14s   (peak %s)\n", podbench.MiB(r.ServerAfter.RSS), podbench.MiB(r.ServerAfter.Peak))
+	fmt.Fprintf(w, "  targets: creates/s >= 2000 (%s), watch p99 < 100ms (%s)\n",
+		verdict(r.CreatesPerSecond >= 2000), verdict(r.WatchP99 < 100*time.Millisecond))
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
 }

@@ -30,6 +30,9 @@ type Config struct {
 	// Parallel). Upstream's kubelet density tests pace creation the same way.
 	Rate    float64
 	Timeout time.Duration
+	// Running, if set, is called once every pod runs, before they are
+	// deleted (the RSS measurement reads the node's processes there).
+	Running func(ctx context.Context, node string) error
 }
 
 // Result holds the latencies, sorted.
@@ -61,10 +64,14 @@ func (r *Result) Print(w io.Writer) {
 		rate = fmt.Sprintf("created at %g/s", r.Rate)
 	}
 	fmt.Fprintf(w, "pods: %d on node %s, %s, all Running after %v\n", len(r.Latencies), r.Node, rate, r.Wall.Round(time.Millisecond))
+	r.printLatency(w)
+	fmt.Fprintf(w, "targets: p50 <= 1s (%s), p99 <= 3s (%s)\n", verdict(r.pct(0.50) <= time.Second), verdict(r.pct(0.99) <= 3*time.Second))
+}
+
+func (r *Result) printLatency(w io.Writer) {
 	fmt.Fprintf(w, "create-to-Running latency: p50 %v  p90 %v  p99 %v  max %v\n",
 		r.pct(0.50).Round(time.Millisecond), r.pct(0.90).Round(time.Millisecond),
 		r.pct(0.99).Round(time.Millisecond), r.pct(1).Round(time.Millisecond))
-	fmt.Fprintf(w, "targets: p50 <= 1s (%s), p99 <= 3s (%s)\n", verdict(r.pct(0.50) <= time.Second), verdict(r.pct(0.99) <= 3*time.Second))
 }
 
 func verdict(ok bool) string {
@@ -72,6 +79,25 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "MISSED"
+}
+
+// pickNode returns name if set, else the first Ready node.
+func pickNode(ctx context.Context, cs kubernetes.Interface, name string) (string, error) {
+	if name != "" {
+		return name, nil
+	}
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", fmt.Errorf("list nodes: %w", err)
+	}
+	for _, n := range nodes.Items {
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return n.Name, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no Ready node: start a node (capstan agent) first")
 }
 
 // Run creates cfg.Pods pods pinned to one node in a fresh namespace,
@@ -86,22 +112,9 @@ func Run(ctx context.Context, cs kubernetes.Interface, cfg Config, log *slog.Log
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Minute
 	}
-	node := cfg.Node
-	if node == "" {
-		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range nodes.Items {
-			for _, c := range n.Status.Conditions {
-				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && node == "" {
-					node = n.Name
-				}
-			}
-		}
-		if node == "" {
-			return nil, fmt.Errorf("no Ready node: start a node (capstan agent) first")
-		}
+	node, err := pickNode(ctx, cs, cfg.Node)
+	if err != nil {
+		return nil, err
 	}
 	ns := fmt.Sprintf("bench-pods-%d", time.Now().Unix())
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -211,6 +224,11 @@ func Run(ctx context.Context, cs kubernetes.Interface, cfg Config, log *slog.Log
 		}
 	}
 	res := &Result{Node: node, Wall: time.Since(start), Rate: cfg.Rate}
+	if cfg.Running != nil {
+		if err := cfg.Running(ctx, node); err != nil {
+			return nil, err
+		}
+	}
 	for _, d := range running {
 		res.Latencies = append(res.Latencies, d)
 	}

@@ -10,6 +10,7 @@
 //	capstan-echo pause
 //	capstan-echo crash [--code 1] [--after 0s]
 //	capstan-echo hostname
+//	capstan-echo kubeapi PATH [--timeout 5s]
 //
 // # serve
 //
@@ -113,6 +114,12 @@
 // The host of HOST:PORT is looked up once. perf exits 0 with the JSON, and 1
 // with the JSON when no operation completed and there were errors.
 //
+// # kubeapi
+//
+// GETs PATH of the Kubernetes API as the pod's service account, with
+// client-go's in-cluster configuration, prints the HTTP status code and exits
+// 0 for a 2xx answer, 1 otherwise: RBAC tests ask what a pod may read.
+//
 // Usage errors exit 2.
 package main
 
@@ -141,6 +148,7 @@ commands:
   pause
   crash [--code 1] [--after 0s]
   hostname
+  kubeapi PATH [--timeout 5s]
 `
 
 // run executes one subcommand and returns the process exit code.
@@ -167,6 +175,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCrash(args, stdout, stderr)
 	case "hostname":
 		return runHostname(args, stdout, stderr)
+	case "kubeapi":
+		return runKubeapi(args, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

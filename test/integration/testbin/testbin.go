@@ -19,8 +19,8 @@ func RepoRoot() (string, error) {
 }
 
 // Build runs the Makefile's build (so the embedded kubectl reports its
-// real version) into dir, and returns the path of capstan; capstan-cni
-// and capstan-logdriver sit beside it.
+// real version) into dir, and returns the path of capstan; what nodes run
+// (capstan-cni, capstan-pause, containerd and its shim) sits beside it.
 func Build(root, dir string) (string, error) {
 	out := filepath.Join(dir, "capstan")
 	cmd := exec.Command("make", "-s", "build", "CAPSTAN="+out)

@@ -11,7 +11,7 @@ LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build e2e netpol test test-unit test-external-etcd generate generate-check lint demo bench clean images vagrant-check vagrant-netpol
+.PHONY: all build e2e netpol test test-unit generate generate-check lint demo bench clean images vagrant-check vagrant-netpol
 
 all: build
 
@@ -29,10 +29,10 @@ build:
 images:
 	$(GO) run ./test/images/build -o $(BIN)/images/capstan-test-images.tar
 
-# Everything: lint, regenerate BPF objects (must match the committed ones),
-# unit and integration tests (embedded etcd), the API suite again against a
-# separately started etcd process, then the end-to-end and NetworkPolicy suites.
-test: lint vagrant-check generate-check test-unit test-external-etcd e2e netpol
+# Everything: lint, the Vagrant setup's checks, regenerate BPF objects (must
+# match the committed ones), unit and integration tests, then the end-to-end
+# and NetworkPolicy suites.
+test: lint vagrant-check generate-check test-unit e2e netpol
 
 # Tests that need a control plane or a containerd run the binaries make
 # build leaves in bin/.
@@ -58,9 +58,6 @@ netpol: build
 	  sed -n '/^\s*CASE \+RESULT/,/^\s*netpol: [0-9]* passed/p' $(BIN)/netpol.log; \
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/netpol.log)"; grep -E -A45 '(probes still differ|no longer Ready|cannot reach its pod|after the case: |persistent connection .*(still works|failed)|hand-written:|evaluate:$$| setup: )' $(BIN)/netpol.log | head -400; fi; \
 	  tail -3 $(BIN)/netpol.log; exit $$rc
-
-test-external-etcd: build
-	./scripts/test-external-etcd.sh
 
 # deploy/vagrant without VMs: vagrant validate, bash -n and shellcheck, the
 # provisioning scripts rendered into a temp root and checked, then (as root)

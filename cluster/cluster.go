@@ -73,7 +73,8 @@ type State struct {
 	// MadeDirs are the host-wide directories nodes use that did not exist
 	// before the first Up: kubelets keep their device-plugin socket in
 	// /var/lib/kubelet whatever their root dir, containerd's CNI library its
-	// cache in /var/lib/cni, shims their sockets under /run/capstan.
+	// cache in /var/lib/cni, shims their sockets under /run/capstan, and
+	// kubelets link containers' logs in /var/log/containers.
 	MadeDirs []string `json:"madeDirs,omitempty"`
 }
 

@@ -65,6 +65,7 @@ func (cfg *Config) removeNode(node string) error {
 	nodeDir, runDir := filepath.Join(cfg.DataDir, "nodes", node), filepath.Join(cfg.RunDir, node)
 	state := filepath.Join(runDir, "containerd")
 	removeCNICache(state)
+	removeLogLinks(nodeDir)
 	if err := unmountUnder(nodeDir, runDir); err != nil {
 		errs = append(errs, err)
 	}

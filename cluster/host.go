@@ -16,7 +16,22 @@ import (
 const bpfRoot = "/sys/fs/bpf"
 
 // hostDirs are the host-wide directories nodes write to (State.MadeDirs).
-var hostDirs = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan"}
+var hostDirs = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan", containerLogLinks}
+
+// containerLogLinks is where every kubelet links its containers' logs
+// (log collectors read them there), whatever its pod logs dir.
+const containerLogLinks = "/var/log/containers"
+
+// removeLogLinks removes the kubelet's links to logs under dir.
+func removeLogLinks(dir string) {
+	entries, _ := os.ReadDir(containerLogLinks)
+	for _, e := range entries {
+		p := filepath.Join(containerLogLinks, e.Name())
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, dir+"/") {
+			os.Remove(p)
+		}
+	}
+}
 
 // kubeletSysctls are the host-wide settings a kubelet changes when
 // protectKernelDefaults is off (pkg/kubelet/cm setupKernelTunables).

@@ -140,8 +140,12 @@ func (cfg *Config) netnsOnBridge(ns, veth, ip string) error {
 }
 
 func (cfg *Config) startServer(ctx context.Context) error {
+	// Everything the server listens on is on the cluster's own address, so
+	// several clusters share a host (the controller manager's and
+	// scheduler's ports would clash on 127.0.0.1).
 	args := append([]string{cfg.Binary, "server", "--data-dir", cfg.serverDir(),
 		"--bind-address", cfg.hostIP(), "--advertise-address", cfg.hostIP(), "--secure-port", fmt.Sprint(cfg.Port),
+		"--kube-controller-manager-arg", "bind-address=" + cfg.hostIP(), "--kube-scheduler-arg", "bind-address=" + cfg.hostIP(),
 		"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR}, cfg.ServerArgs...)
 	if err := cfg.start("server", args, ""); err != nil {
 		return err

@@ -69,16 +69,19 @@ func (j Join) Check(ctx context.Context, timeout time.Duration) error {
 		return fmt.Errorf("--server %s: %w", j.Server, err)
 	}
 	deadline := time.Now().Add(timeout)
+	// A server that has just started serves before it has stored the
+	// token's Secret: a rejection counts only after a few seconds of it.
+	rejectDeadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err = cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
 		switch {
 		case err == nil:
 			return nil
-		case apierrors.IsUnauthorized(err):
+		case apierrors.IsUnauthorized(err) && time.Now().After(rejectDeadline):
 			return fmt.Errorf("%w (%s): check --token-file against the server's <data-dir>/join-token", ErrTokenRejected, j.Server)
 		case isCertError(err):
 			return fmt.Errorf("server %s: %w: is --ca-file the cluster CA (<data-dir>/pki/ca.crt on the server)?", j.Server, err)
-		case !isUnreachable(err) || time.Now().After(deadline):
+		case !apierrors.IsUnauthorized(err) && !isUnreachable(err) || time.Now().After(deadline):
 			return fmt.Errorf("join %s: %w", j.Server, err)
 		}
 		select {

@@ -78,7 +78,7 @@ func ensureEtcdCerts(f *files, dir string) error {
 	return err
 }
 
-// ensureKubeconfigs writes the admin's and the in-process components': they
+// ensureKubeconfigs writes the in-process components' kubeconfigs: they
 // reach the server where it listens, 127.0.0.1 when it listens everywhere
 // (as k3s's kubeconfig does).
 func ensureKubeconfigs(cfg *Config, f *files, advertise string) error {
@@ -92,7 +92,6 @@ func ensureKubeconfigs(cfg *Config, f *files, advertise string) error {
 		path, server string
 		spec         pki.CertSpec
 	}{
-		{f.adminKubeconfig, local, pki.CertSpec{CommonName: "kubernetes-admin", Organizations: []string{"system:masters"}}},
 		{f.controllerManagerKubeconfig, local, pki.CertSpec{CommonName: "system:kube-controller-manager"}},
 		{f.schedulerKubeconfig, local, pki.CertSpec{CommonName: "system:kube-scheduler"}},
 		// Capstan's own loops: bootstrap objects, the kubelet-serving approver.
@@ -103,6 +102,15 @@ func ensureKubeconfigs(cfg *Config, f *files, advertise string) error {
 		}
 	}
 	return nil
+}
+
+// writeAdminKubeconfig writes admin.kubeconfig (mode 0600, system:masters).
+// The server writes it once it serves and the join token works, so whoever
+// waits for it (capstan up) can start nodes at once.
+func writeAdminKubeconfig(cfg *Config, f *files) error {
+	local := "https://" + net.JoinHostPort(localAddress(cfg.BindAddress), fmt.Sprint(cfg.SecurePort))
+	return f.ca.EnsureClientKubeconfig(f.adminKubeconfig, local,
+		pki.CertSpec{CommonName: "kubernetes-admin", Organizations: []string{"system:masters"}})
 }
 
 // servingHosts are the names the API server's certificate covers.

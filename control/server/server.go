@@ -214,6 +214,9 @@ func serve(ctx context.Context, cfg *Config, f *files, e *etcd.Etcd, adv string,
 	if err := ensureObjects(ctx, cs, token, errc); err != nil {
 		return stoppedEarly(ctx, err)
 	}
+	if err := writeAdminKubeconfig(cfg, f); err != nil {
+		return err
+	}
 	forever := context.WithoutCancel(ctx)
 	go func() { errc <- fmt.Errorf("kube-controller-manager: %w", runKCM(forever)) }()
 	go func() { errc <- fmt.Errorf("kube-scheduler: %w", runSched(forever)) }()

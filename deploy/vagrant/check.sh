@@ -461,8 +461,17 @@ EOF
   cleanups+=("stop $apid")
 
   kubectl() { in_srv "$capstan" kubectl --kubeconfig "$kc" "$@"; }
-  if logged "$tmp/wait.log" "the agent joins and its node turns Ready (wait-nodes.sh)" \
-    in_srv env CAPSTAN="$capstan" "$here/wait-nodes.sh" "$kc" 1 180; then
+  # wait-nodes.sh in rounds of 5 s, for up to 3 minutes, unless the agent exits.
+  node_ready() {
+    local out
+    for _ in $(seq 1 36); do
+      out=$(in_srv env CAPSTAN="$capstan" "$here/wait-nodes.sh" "$kc" 1 5 2>&1) && { echo "$out"; return 0; }
+      kill -0 "$apid" 2>/dev/null || { printf '%s\nthe agent exited\n' "$out"; return 1; }
+    done
+    echo "$out"
+    return 1
+  }
+  if logged "$tmp/wait.log" "the agent joins and its node turns Ready (wait-nodes.sh)" node_ready; then
     sed 's/^/      /' "$tmp/wait.log"
     # (A path in the v2 hierarchy, as /proc/PID/cgroup shows it on "0::".)
     own_containerd() {

@@ -65,17 +65,3 @@ func importArchive(ctx context.Context, c *client.Client, namespace string, r io
 	return names, nil
 }
 
-// List returns the names of the images in namespace, sorted.
-func List(ctx context.Context, c *client.Client, namespace string) ([]string, error) {
-	ctx = namespaces.WithNamespace(ctx, namespace)
-	imgs, err := c.ImageService().List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
-	}
-	names := make([]string, 0, len(imgs))
-	for _, img := range imgs {
-		names = append(names, img.Name)
-	}
-	slices.Sort(names)
-	return names, nil
-}

@@ -8,34 +8,40 @@ import (
 	"strings"
 )
 
-// Memory is a process's resident memory, in bytes, as /proc/<pid>/status
-// reports it: now (VmRSS) and at its peak (VmHWM).
+// Memory is a process's resident memory, in bytes: now (VmRSS) and at its
+// peak (VmHWM) from /proc/<pid>/status, and its proportional share (Pss,
+// shared pages divided among the processes mapping them) from
+// /proc/<pid>/smaps_rollup, the figure to add up over many processes of
+// one binary.
 type Memory struct {
-	RSS, Peak int64
+	RSS, Peak, PSS int64
 }
 
 // ReadMemory reads a process's Memory.
 func ReadMemory(pid int) (Memory, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	var m Memory
+	err := readKB(fmt.Sprintf("/proc/%d/status", pid), map[string]*int64{"VmRSS": &m.RSS, "VmHWM": &m.Peak})
 	if err != nil {
-		return Memory{}, fmt.Errorf("process %d: %w", pid, err)
+		return m, err
+	}
+	return m, readKB(fmt.Sprintf("/proc/%d/smaps_rollup", pid), map[string]*int64{"Pss": &m.PSS})
+}
+
+// readKB sets fields from the "Name:   123 kB" lines of a proc file.
+func readKB(path string, fields map[string]*int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
 	}
 	defer f.Close()
-	var m Memory
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		name, value, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		switch name {
-		case "VmRSS":
-			m.RSS = kB(value)
-		case "VmHWM":
-			m.Peak = kB(value)
+		if p := fields[name]; ok && p != nil {
+			*p = kB(value)
 		}
 	}
-	return m, sc.Err()
+	return sc.Err()
 }
 
 // kB parses a status value such as "  123456 kB" into bytes.

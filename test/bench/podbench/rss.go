@@ -35,9 +35,10 @@ type Sample struct {
 	Pods                      int
 	Server, Agent, Containerd Memory
 	// Shims are the node's containerd-shim processes (one per pod sandbox),
-	// ShimRSS their total.
-	Shims   int
-	ShimRSS int64
+	// ShimRSS and ShimPSS their totals (the shims share their binary's
+	// pages, which RSS counts in each).
+	Shims            int
+	ShimRSS, ShimPSS int64
 }
 
 // RSSResult holds the samples.
@@ -111,10 +112,11 @@ func sample(dataDir, node string, pods int) (Sample, error) {
 	if s.Containerd, err = ReadMemory(ctrd); err != nil {
 		return s, err
 	}
-	for _, pid := range shims("capstan-" + node) {
+	for _, pid := range shims(ctrd) {
 		if m, err := ReadMemory(pid); err == nil {
 			s.Shims++
 			s.ShimRSS += m.RSS
+			s.ShimPSS += m.PSS
 		}
 	}
 	return s, nil
@@ -144,43 +146,49 @@ func childNamed(pid int, name string) int {
 	return 0
 }
 
-// shims are the containerd-shim processes of a containerd namespace
-// (each agent's containerd has its own, capstan-<node>); shims re-parent
-// themselves, so they are found by their command line.
-func shims(namespace string) []int {
+// shims are the containerd-shim processes in the cgroup of a containerd:
+// they re-parent themselves to init, but stay in the cgroup they were
+// started in, which tells one node's from another's.
+func shims(containerd int) []int {
+	cg := cgroup(containerd)
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !strings.HasPrefix(comm(pid), "containerd-shim") {
-			continue
-		}
-		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		args := strings.Split(string(data), "\x00")
-		for i := 0; i+1 < len(args); i++ {
-			if args[i] == "-namespace" && args[i+1] == namespace {
-				out = append(out, pid)
-				break
-			}
+		if err == nil && strings.HasPrefix(comm(pid), "containerd-shim") && cg != "" && cgroup(pid) == cg {
+			out = append(out, pid)
 		}
 	}
 	return out
 }
 
+// cgroup is a process's cgroup v2 path.
+func cgroup(pid int) string {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	for _, line := range strings.Split(string(data), "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			return path
+		}
+	}
+	return ""
+}
+
 // Print writes a table of the samples, then the pods' start-up figures.
 func (r *RSSResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "memory (VmRSS) of the server and of node %s's processes\n", r.Node)
-	fmt.Fprintf(w, "  %-5s %-12s %-12s %-12s %-22s %s\n", "PODS", "SERVER", "AGENT", "CONTAINERD", "SHIMS", "NODE TOTAL")
+	row := "  %-5s %-11s %-11s %-11s %-6s %-11s %-11s %s\n"
+	fmt.Fprintf(w, row, "PODS", "SERVER", "AGENT", "CONTAINERD", "SHIMS", "SHIMS RSS", "SHIMS PSS", "NODE (PSS)")
 	for _, s := range r.Samples {
-		node := s.Agent.RSS + s.Containerd.RSS + s.ShimRSS
-		fmt.Fprintf(w, "  %-5d %-12s %-12s %-12s %-22s %s\n", s.Pods, MiB(s.Server.RSS), MiB(s.Agent.RSS), MiB(s.Containerd.RSS),
-			fmt.Sprintf("%d, %s", s.Shims, MiB(s.ShimRSS)), MiB(node))
+		node := s.Agent.PSS + s.Containerd.PSS + s.ShimPSS
+		fmt.Fprintf(w, row, strconv.Itoa(s.Pods), MiB(s.Server.RSS), MiB(s.Agent.RSS), MiB(s.Containerd.RSS),
+			strconv.Itoa(s.Shims), MiB(s.ShimRSS), MiB(s.ShimPSS), MiB(node))
 	}
 	if n := len(r.Samples); n > 0 {
 		s := r.Samples[n-1]
 		fmt.Fprintf(w, "  peaks so far: server %s, agent %s, containerd %s\n", MiB(s.Server.Peak), MiB(s.Agent.Peak), MiB(s.Containerd.Peak))
 	}
-	fmt.Fprintf(w, "  (agent: kubelet and dataplane in one process; node total: agent + containerd + shims, not the pods' own processes)\n")
+	fmt.Fprintf(w, "  (agent: kubelet and dataplane in one process; shims: one containerd-shim-runc-v2 per pod;\n")
+	fmt.Fprintf(w, "   NODE: PSS of agent + containerd + shims, the pods' own processes not included)\n")
 	if r.Start != nil {
 		fmt.Fprintf(w, "the %d pods: all Running %v after the first create; ", len(r.Start.Latencies), r.Start.Wall.Round(time.Millisecond))
 		r.Start.printLatency(w)

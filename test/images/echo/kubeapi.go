@@ -45,4 +45,3 @@ func runKubeapi(args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
-

@@ -1,0 +1,114 @@
+// Package badinput_test runs the capstan binary with input a user may get
+// wrong, and checks that each is refused with an error naming what is wrong,
+// quickly, and that nothing the user had is deleted.
+package badinput_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/capstan-net/capstan/control/server/servertest"
+	"github.com/capstan-net/capstan/test/integration/testbin"
+)
+
+func binary(t *testing.T) string {
+	if b := os.Getenv("CAPSTAN_BINARY"); b != "" {
+		return b
+	}
+	root, err := testbin.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := testbin.Build(root, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// capstan runs the binary and returns its output; it must fail within timeout.
+func capstan(t *testing.T, bin string, timeout time.Duration, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("capstan %v still ran after %s:\n%s", args, timeout, out)
+	}
+	if err == nil {
+		t.Fatalf("capstan %v succeeded:\n%s", args, out)
+	}
+	return string(out)
+}
+
+func TestServerRefusesUnknownUpstreamFlag(t *testing.T) {
+	bin := binary(t)
+	dir := t.TempDir()
+	out := capstan(t, bin, 30*time.Second, "server", "--data-dir", dir, "--kube-apiserver-arg", "no-such-flag=1")
+	if !strings.Contains(out, `--kube-apiserver-arg "no-such-flag=1": kube-apiserver has no flag --no-such-flag`) {
+		t.Fatalf("unclear error:\n%s", out)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("a refused start wrote %d files into the data dir", len(entries))
+	}
+}
+
+func TestServerRefusesOldDataDir(t *testing.T) {
+	bin := binary(t)
+	dir := t.TempDir()
+	// What Capstan's own API server left: a CA, its serving certificate, a hex token, etcd data.
+	files := map[string]string{
+		"pki/ca.crt": "old ca", "pki/server.crt": "old cert", "etcd/member/snap/db": "data",
+		"join-token": "0123456789abcdef0123456789abcdef0123456789abcdef\n", "admin.kubeconfig": "old",
+	}
+	for name, data := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o700)
+		os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600)
+	}
+	out := capstan(t, bin, 30*time.Second, "server", "--data-dir", dir)
+	if !strings.Contains(out, "written by an older Capstan") || !strings.Contains(out, dir) {
+		t.Fatalf("unclear error:\n%s", out)
+	}
+	for name, data := range files {
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(got) != data {
+			t.Fatalf("%s changed or went: %v", name, err)
+		}
+	}
+}
+
+func TestAgentRefusesWrongTokenAndCA(t *testing.T) {
+	bin := binary(t)
+	srv := servertest.ForTest(t)
+	url := "https://127.0.0.1:" + strconv.Itoa(srv.Port)
+	dir := t.TempDir()
+	wrong := filepath.Join(dir, "token")
+	os.WriteFile(wrong, []byte("abcdef.0123456789abcdef\n"), 0o600)
+	agent := func(token, ca string) string {
+		return capstan(t, bin, time.Minute, "agent", "--server", url, "--token-file", token, "--ca-file", ca,
+			"--node-name", "bad-input", "--node-ip", "127.0.0.2", "--data-dir", filepath.Join(dir, "data"), "--run-dir", filepath.Join(dir, "run"))
+	}
+	ca := filepath.Join(srv.DataDir(), "pki", "ca.crt")
+	if out := agent(wrong, ca); !strings.Contains(out, "rejected the join token") || !strings.Contains(out, "--token-file") {
+		t.Fatalf("wrong token, unclear error:\n%s", out)
+	}
+	otherCA := filepath.Join(srv.DataDir(), "pki", "front-proxy-ca.crt")
+	good := filepath.Join(srv.DataDir(), "join-token")
+	if out := agent(good, otherCA); !strings.Contains(out, "--ca-file") {
+		t.Fatalf("wrong CA, unclear error:\n%s", out)
+	}
+	malformed := filepath.Join(dir, "malformed")
+	os.WriteFile(malformed, []byte("not a token\n"), 0o600)
+	if out := agent(malformed, ca); !strings.Contains(out, "not a bootstrap token") {
+		t.Fatalf("malformed token, unclear error:\n%s", out)
+	}
+	if out := capstan(t, bin, 30*time.Second, "agent", "--kubelet-arg", "no-such=1", "--node-name", "x", "--node-ip", "127.0.0.2",
+		"--data-dir", filepath.Join(dir, "data")); !strings.Contains(out, "the kubelet has no flag --no-such") {
+		t.Fatalf("unknown kubelet flag, unclear error:\n%s", out)
+	}
+}

@@ -245,7 +245,8 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-func nodesRegistered(ctx context.Context, kubeconfig string, nodes []string) error {
+// eachNode runs check on every node's Node object.
+func eachNode(ctx context.Context, kubeconfig string, nodes []string, check func(*corev1.Node) error) error {
 	cs, err := kubeClient(kubeconfig)
 	if err != nil {
 		return err
@@ -255,30 +256,29 @@ func nodesRegistered(ctx context.Context, kubeconfig string, nodes []string) err
 		if err != nil {
 			return err
 		}
-		if len(n.Status.Addresses) == 0 {
-			return fmt.Errorf("node %s has no address yet", name)
+		if err := check(n); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+func nodesRegistered(ctx context.Context, kubeconfig string, nodes []string) error {
+	return eachNode(ctx, kubeconfig, nodes, func(n *corev1.Node) error {
+		if len(n.Status.Addresses) == 0 {
+			return fmt.Errorf("node %s has no address yet", n.Name)
+		}
+		return nil
+	})
+}
+
 func nodesReady(ctx context.Context, kubeconfig string, nodes []string) error {
-	cs, err := kubeClient(kubeconfig)
-	if err != nil {
-		return err
-	}
-	for _, name := range nodes {
-		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		ready := false
+	return eachNode(ctx, kubeconfig, nodes, func(n *corev1.Node) error {
 		for _, c := range n.Status.Conditions {
-			ready = ready || (c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue)
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
 		}
-		if !ready {
-			return fmt.Errorf("node %s is not Ready", name)
-		}
-	}
-	return nil
+		return fmt.Errorf("node %s is not Ready", n.Name)
+	})
 }

@@ -64,4 +64,3 @@ func importArchive(ctx context.Context, c *client.Client, namespace string, r io
 	slices.Sort(names)
 	return names, nil
 }
-

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -59,6 +60,9 @@ type Result struct {
 	// and after the run (Peak: its high-water mark over the whole run).
 	ServerBefore, ServerAfter podbench.Memory
 	ServerArgs                []string
+	// CPU time the server and the load generator used during the run
+	// (watch set-up, creates, last delivery), and the run's length.
+	ServerCPU, ClientCPU, Wall time.Duration
 }
 
 // Run starts a server, creates the pods while the watchers watch, and
@@ -93,10 +97,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server memory: %w", err)
 	}
+	cpu0, err := podbench.CPUTime(srv.Pid())
+	if err != nil {
+		return nil, fmt.Errorf("server CPU: %w", err)
+	}
+	self0, t0 := podbench.SelfCPUTime(), time.Now()
 	res, err := measure(ctx, cfg, client, writers)
 	if err != nil {
 		return nil, err
 	}
+	res.Wall, res.ClientCPU = time.Since(t0), podbench.SelfCPUTime()-self0
+	cpu1, err := podbench.CPUTime(srv.Pid())
+	if err != nil {
+		return nil, fmt.Errorf("server CPU: %w", err)
+	}
+	res.ServerCPU = cpu1 - cpu0
 	if res.ServerAfter, err = podbench.ReadMemory(srv.Pid()); err != nil {
 		return nil, fmt.Errorf("server memory: %w", err)
 	}
@@ -133,24 +148,27 @@ func clients(base *rest.Config, contentType string) (kubernetes.Interface, []kub
 // measure runs the watchers and the creates.
 func measure(ctx context.Context, cfg Config, client kubernetes.Interface, writers []kubernetes.Interface) (*Result, error) {
 	created := make([]atomic.Int64, cfg.Pods) // unix nanos when each create returned
-	list, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	// From the watch cache (RV "0"): a watch from a quorum list's newer
+	// revision waits a second for the cache to catch up ("Too large
+	// resource version").
+	list, err := client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{ResourceVersion: "0"})
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
-	var restarts atomic.Int64
-	w := &watchers{pods: cfg.Pods, created: created}
+	w := &watchers{pods: cfg.Pods}
 	for i := 0; i < cfg.Watchers; i++ {
-		rw, err := resumableWatch(ctx, client, list.ResourceVersion, &restarts)
+		restarts := new(atomic.Int64)
+		rw, err := resumableWatch(ctx, client, list.ResourceVersion, restarts)
 		if err != nil {
 			return nil, fmt.Errorf("watch: %w", err)
 		}
-		w.start(rw)
+		w.start(rw, restarts)
 	}
 	elapsed, createLat, err := createAll(ctx, cfg, writers, created)
 	if err != nil {
 		return nil, err
 	}
-	deliveries, err := w.wait(2 * time.Minute)
+	deliveries, err := w.wait(2*time.Minute, created)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +180,7 @@ func measure(ctx context.Context, cfg Config, client kubernetes.Interface, write
 		CreateSeconds:    elapsed.Seconds(),
 		CreatesPerSecond: float64(cfg.Pods) / elapsed.Seconds(),
 		Deliveries:       len(deliveries),
-		WatchRestarts:    int(restarts.Load()),
+		WatchRestarts:    int(w.restarts.Load()),
 	}
 	res.WatchP50, res.WatchP99, res.WatchMax = quantiles(deliveries)
 	res.CreateP50, res.CreateP99, _ = quantiles(createLat)
@@ -185,58 +203,69 @@ func resumableWatch(ctx context.Context, client kubernetes.Interface, rv string,
 	})
 }
 
-// watchers time the ADDED event of each pod against its create's response.
+// watchers record when each watcher decodes each pod's ADDED event. The
+// latency against the create's response is worked out at the end: the
+// event often arrives before the response, and a watcher waiting for the
+// response would stall its stream (the server ends watches that lag).
 type watchers struct {
-	pods    int
-	created []atomic.Int64
-	mu      sync.Mutex
-	all     []time.Duration
-	wg      sync.WaitGroup
+	pods int
+	mu   sync.Mutex
+	seen [][]int64 // per watcher, unix nanos per pod index
+	wg   sync.WaitGroup
+	// restarts adds up the watchers' restarts until each saw every pod
+	// (a retry watcher may open one more watch as it stops).
+	restarts atomic.Int64
 }
 
-func (ws *watchers) start(w watch.Interface) {
+func (ws *watchers) start(w watch.Interface, restarts *atomic.Int64) {
 	ws.wg.Add(1)
 	go func() {
 		defer ws.wg.Done()
 		defer w.Stop()
-		local := make([]time.Duration, 0, ws.pods)
+		at := make([]int64, ws.pods)
+		n := 0
 		for ev := range w.ResultChan() {
 			pod, ok := ev.Object.(*corev1.Pod)
 			if ev.Type != watch.Added || !ok {
 				continue
 			}
-			local = append(local, ws.latency(pod.Name, time.Now().UnixNano()))
-			if len(local) == ws.pods {
+			now := time.Now().UnixNano()
+			var idx int
+			if _, err := fmt.Sscanf(pod.Name, "bench-%d", &idx); err != nil || idx >= ws.pods || at[idx] != 0 {
+				continue
+			}
+			at[idx] = now
+			if n++; n == ws.pods {
 				break
 			}
 		}
+		ws.restarts.Add(restarts.Load())
 		ws.mu.Lock()
-		ws.all = append(ws.all, local...)
+		ws.seen = append(ws.seen, at)
 		ws.mu.Unlock()
 	}()
 }
 
-// latency is from the create's response to now.
-func (ws *watchers) latency(name string, now int64) time.Duration {
-	var idx int
-	fmt.Sscanf(name, "bench-%d", &idx)
-	// The event may beat the create's response; wait for it.
-	for ws.created[idx].Load() == 0 {
-		time.Sleep(50 * time.Microsecond)
-	}
-	return max(0, time.Duration(now-ws.created[idx].Load()))
-}
-
-// wait returns every delivery once each watcher has seen every pod.
-func (ws *watchers) wait(timeout time.Duration) ([]time.Duration, error) {
+// wait returns, once each watcher has seen every pod, the delivery latency
+// of every event: from the create's response to the watcher decoding it,
+// 0 when the event came first.
+func (ws *watchers) wait(timeout time.Duration, created []atomic.Int64) ([]time.Duration, error) {
 	done := make(chan struct{})
 	go func() { ws.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		return ws.all, nil
 	case <-time.After(timeout):
 		return nil, fmt.Errorf("watchers did not see every pod within %v", timeout)
 	}
+	var out []time.Duration
+	for _, at := range ws.seen {
+		for idx, t := range at {
+			if t != 0 {
+				out = append(out, max(0, time.Duration(t-created[idx].Load())))
+			}
+		}
+	}
+	return out, nil
 }
 
 // createAll creates the pods from cfg.Workers goroutines over the writers'
@@ -321,6 +350,8 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "  watch delivery p99     %10s\n", r.WatchP99.Round(time.Microsecond))
 	fmt.Fprintf(w, "  watch delivery max     %10s\n", r.WatchMax.Round(time.Microsecond))
 	fmt.Fprintf(w, "  watch restarts         %10d   (watches the server ended, resumed from their last event)\n", r.WatchRestarts)
+	fmt.Fprintf(w, "  CPU during the run     server %.1fs, load generator %.1fs, over %.1fs on %d CPUs\n",
+		r.ServerCPU.Seconds(), r.ClientCPU.Seconds(), r.Wall.Seconds(), runtime.NumCPU())
 	fmt.Fprintf(w, "  server RSS before      %14s\n", podbench.MiB(r.ServerBefore.RSS))
 	fmt.Fprintf(w, "  server RSS after       %14s   (peak %s)\n", podbench.MiB(r.ServerAfter.RSS), podbench.MiB(r.ServerAfter.Peak))
 	fmt.Fprintf(w, "  targets: creates/s >= 2000 (%s), watch p99 < 100ms (%s)\n",

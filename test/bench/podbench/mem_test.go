@@ -3,6 +3,7 @@ package podbench
 import (
 	"os"
 	"testing"
+	"time"
 )
 
 func TestReadMemory(t *testing.T) {
@@ -21,5 +22,17 @@ func TestReadMemory(t *testing.T) {
 func TestKB(t *testing.T) {
 	if got := kB("   1234 kB"); got != 1234<<10 {
 		t.Fatalf("kB = %d", got)
+	}
+}
+
+func TestCPUTime(t *testing.T) {
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	got, err := CPUTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got < 20*time.Millisecond || SelfCPUTime() < 20*time.Millisecond {
+		t.Fatalf("CPU time %v (self %v) after a 50ms busy loop", got, SelfCPUTime())
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,9 @@ type Result struct {
 	PerNode    map[string]int
 	Server     podbench.Memory
 	ServerArgs []string
+	// CPU time the server and the load generator used while the pods were
+	// created and bound.
+	ServerCPU, ClientCPU time.Duration
 }
 
 // PodsPerSecond is the binding rate.
@@ -95,7 +99,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := measure(ctx, client, cfg, log)
+	res, err := measure(ctx, client, srv.Pid(), cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -116,8 +120,9 @@ func newClient(base *rest.Config) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-// measure writes nodes and pods and waits for every binding.
-func measure(ctx context.Context, client kubernetes.Interface, cfg Config, log *slog.Logger) (*Result, error) {
+// measure writes nodes and pods and waits for every binding; server is the
+// server's pid.
+func measure(ctx context.Context, client kubernetes.Interface, server int, cfg Config, log *slog.Logger) (*Result, error) {
 	if err := waitForServiceAccount(ctx, client); err != nil {
 		return nil, err
 	}
@@ -126,7 +131,10 @@ func measure(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 		return nil, err
 	}
 	log.Info("nodes written", "nodes", len(names))
-	list, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
+	// From the watch cache (RV "0"): a watch from a quorum list's newer
+	// revision waits a second for the cache to catch up ("Too large
+	// resource version").
+	list, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
@@ -145,7 +153,11 @@ func measure(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	created := make(chan time.Time, 1)
-	start := time.Now()
+	cpu0, err := podbench.CPUTime(server)
+	if err != nil {
+		return nil, fmt.Errorf("server CPU: %w", err)
+	}
+	self0, start := podbench.SelfCPUTime(), time.Now()
 	go func() {
 		if err := createPods(wctx, client, cfg); err != nil {
 			cancel(err)
@@ -157,10 +169,17 @@ func measure(ctx context.Context, client kubernetes.Interface, cfg Config, log *
 		return nil, err
 	}
 	createdAt := <-created
+	cpu1, err := podbench.CPUTime(server)
+	if err != nil {
+		return nil, fmt.Errorf("server CPU: %w", err)
+	}
 	for _, n := range names {
 		perNode[n] += 0 // nodes without pods count in the spread
 	}
-	return &Result{Nodes: cfg.Nodes, Pods: cfg.Pods, Created: createdAt.Sub(start), Bound: last.Sub(start), PerNode: perNode}, nil
+	return &Result{
+		Nodes: cfg.Nodes, Pods: cfg.Pods, Created: createdAt.Sub(start), Bound: last.Sub(start), PerNode: perNode,
+		ServerCPU: cpu1 - cpu0, ClientCPU: podbench.SelfCPUTime() - self0,
+	}, nil
 }
 
 // waitForServiceAccount waits for the namespace's default ServiceAccount,
@@ -330,6 +349,8 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "  all bound after        %10s\n", r.Bound.Round(time.Millisecond))
 	fmt.Fprintf(w, "  pods bound/s           %10.0f\n", r.PodsPerSecond())
 	fmt.Fprintf(w, "  pods per node          min %d, max %d (%d of %d nodes used)\n", lo, hi, used, r.Nodes)
+	fmt.Fprintf(w, "  CPU while binding      server %.1fs, load generator %.1fs, over %.1fs on %d CPUs\n",
+		r.ServerCPU.Seconds(), r.ClientCPU.Seconds(), r.Bound.Seconds(), runtime.NumCPU())
 	fmt.Fprintf(w, "  server RSS after       %14s   (peak %s)\n", podbench.MiB(r.Server.RSS), podbench.MiB(r.Server.Peak))
 	ok := "MISSED"
 	if r.PodsPerSecond() >= Target {

@@ -6,7 +6,7 @@ GOFLAGS  ?=
 export GOFLAGS
 # The embedded kubectl reports this version (it must parse as semver).
 KUBE_VERSION := v1.37.2
-LDFLAGS  := -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
+LDFLAGS  := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMajor=1 \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean

@@ -67,15 +67,6 @@ type State struct {
 	Port    int      `json:"port"`
 	// MountedBPFFS records that Up mounted /sys/fs/bpf, for Down to undo.
 	MountedBPFFS bool `json:"mountedBPFFS,omitempty"`
-	// Sysctls are the host-wide kernel settings as they were before the
-	// first kubelet started (kubelets change some); Down puts them back.
-	Sysctls map[string]string `json:"sysctls,omitempty"`
-	// MadeDirs are the host-wide directories nodes use that did not exist
-	// before the first Up: kubelets keep their device-plugin socket in
-	// /var/lib/kubelet whatever their root dir, containerd's CNI library its
-	// cache in /var/lib/cni, shims their sockets under /run/capstan, and
-	// kubelets link containers' logs in /var/log/containers.
-	MadeDirs []string `json:"madeDirs,omitempty"`
 }
 
 func (c *Config) setDefaults() error {

@@ -51,7 +51,7 @@ func TestUpDownLeavesNothing(t *testing.T) {
 
 	bpffsBefore := mountedAt("/sys/fs/bpf")
 	var absent []string
-	for _, d := range []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan", "/run/containerd", "/var/log/containers"} {
+	for _, d := range []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan", "/run/containerd", "/var/log/containers", "/run/capstan-host.json"} {
 		if _, err := os.Stat(d); err != nil {
 			absent = append(absent, d)
 		}

@@ -112,12 +112,7 @@ func (cfg *Config) removeHost(st *State) []error {
 	for _, p := range append(parents, "/sys/fs/cgroup/capstan") {
 		os.Remove(p)
 	}
-	if cfg.noOtherCluster() {
-		for _, d := range st.MadeDirs {
-			os.RemoveAll(d)
-		}
-	}
-	if err := restoreSysctls(st.Sysctls); err != nil {
+	if err := restoreHost(); err != nil {
 		errs = append(errs, err)
 	}
 	for _, ns := range []string{cfg.outsideNetns()} {
@@ -138,20 +133,4 @@ func (cfg *Config) removeHost(st *State) []error {
 		errs = append(errs, err)
 	}
 	return errs
-}
-
-// noOtherCluster reports whether no node cgroup of any cluster is left, so
-// host-wide kubelet files are no one's.
-func (cfg *Config) noOtherCluster() bool {
-	dir, err := nodeCgroupDir("")
-	if err != nil {
-		return true
-	}
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if e.IsDir() {
-			return false
-		}
-	}
-	return true
 }

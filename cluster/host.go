@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -10,12 +11,18 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/capstan-net/capstan/internal/atomicfile"
 )
 
 // bpfRoot is where the agents pin their maps (their default).
 const bpfRoot = "/sys/fs/bpf"
 
-// hostDirs are the host-wide directories nodes write to (State.MadeDirs).
+// hostDirs are the host-wide directories nodes write to: kubelets keep
+// their device-plugin socket in /var/lib/kubelet whatever their root dir,
+// containerd's CNI library its cache in /var/lib/cni, shims their sockets
+// under /run/capstan, and kubelets link containers' logs in
+// /var/log/containers.
 var hostDirs = []string{"/var/lib/kubelet", "/var/lib/cni", "/run/capstan", containerLogLinks}
 
 // containerLogLinks is where every kubelet links its containers' logs
@@ -38,6 +45,69 @@ func removeLogLinks(dir string) {
 var kubeletSysctls = []string{
 	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
 	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+}
+
+// hostRecord is what the host was like before the first node of any local
+// cluster started: the kubelets' sysctls and which host directories did not
+// exist. It is host-wide (clusters may overlap in time), in /run because a
+// reboot resets both.
+const hostRecord = "/run/capstan-host.json"
+
+type hostState struct {
+	Sysctls  map[string]string `json:"sysctls"`
+	MadeDirs []string          `json:"madeDirs,omitempty"`
+}
+
+// recordHost records the host's state unless a record is there: another
+// cluster runs, or one was not taken down (its kubelets may have changed
+// the settings already).
+func recordHost() error {
+	if _, err := os.Stat(hostRecord); err == nil {
+		return nil
+	}
+	st := hostState{Sysctls: readSysctls()}
+	for _, d := range hostDirs {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			st.MadeDirs = append(st.MadeDirs, d)
+		}
+	}
+	data, _ := json.MarshalIndent(st, "", "  ")
+	return atomicfile.Write(hostRecord, data, 0o644)
+}
+
+// restoreHost puts back what the record holds once no node of any cluster
+// runs.
+func restoreHost() error {
+	data, err := os.ReadFile(hostRecord)
+	if err != nil || !noNodes() {
+		return nil
+	}
+	var st hostState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("%s: %w", hostRecord, err)
+	}
+	for _, d := range st.MadeDirs {
+		os.RemoveAll(d)
+	}
+	if err := restoreSysctls(st.Sysctls); err != nil {
+		return err
+	}
+	return os.Remove(hostRecord)
+}
+
+// noNodes reports whether no node of any cluster (no node cgroup) is left.
+func noNodes() bool {
+	dir, err := nodeCgroupDir("")
+	if err != nil {
+		return true
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 func readSysctls() map[string]string {

@@ -59,18 +59,13 @@ func (cfg *Config) plan() (*State, error) {
 	st := &State{Name: cfg.Name, Routing: cfg.Routing, Mode: cfg.Mode, Subnet: cfg.Subnet.String(), Port: cfg.Port}
 	old, oldErr := readState(cfg.stateFile())
 	if oldErr == nil {
-		st.MountedBPFFS, st.Sysctls, st.MadeDirs = old.MountedBPFFS, old.Sysctls, old.MadeDirs
+		st.MountedBPFFS = old.MountedBPFFS
 		if err := cfg.checkResume(old); err != nil {
 			return nil, err
 		}
 	}
-	if st.Sysctls == nil {
-		st.Sysctls = readSysctls()
-		for _, d := range hostDirs {
-			if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-				st.MadeDirs = append(st.MadeDirs, d)
-			}
-		}
+	if err := recordHost(); err != nil {
+		return nil, err
 	}
 	mounted, err := ensureBPFFS()
 	if err != nil {

@@ -86,7 +86,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	}
 	defer srv.Stop()
 	log.Info("server ready", "pid", srv.Pid(), "log", srv.Log)
-	client, writers, err := clients(srv.Config, cfg.ContentType)
+	rc := clientConfig(srv.Config, cfg.ContentType)
+	client, err := connect(rc)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +103,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 		return nil, fmt.Errorf("server CPU: %w", err)
 	}
 	self0, t0 := podbench.SelfCPUTime(), time.Now()
-	res, err := measure(ctx, cfg, client, writers)
+	res, err := measure(ctx, cfg, rc, client)
 	if err != nil {
 		return nil, err
 	}
@@ -119,34 +120,33 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	return res, nil
 }
 
-// clients are the watchers' client and the writers': several connections,
-// as many clients of a real server would have; one HTTP/2 connection
-// serialises its frames. None is rate-limited on the client side.
-func clients(base *rest.Config, contentType string) (kubernetes.Interface, []kubernetes.Interface, error) {
+// clientConfig is the load generator's: no client-side rate limit.
+func clientConfig(base *rest.Config, contentType string) *rest.Config {
 	rc := rest.CopyConfig(base)
 	rc.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 	if contentType != "" {
 		rc.ContentType = contentType
 		rc.AcceptContentTypes = contentType
 	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, nil, err
-	}
-	const conns = 8
-	writers := make([]kubernetes.Interface, conns)
-	for i := range writers {
-		c := rest.CopyConfig(rc)
-		c.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil } // uncached transport
-		if writers[i], err = kubernetes.NewForConfig(c); err != nil {
-			return nil, nil, err
-		}
-	}
-	return client, writers, nil
+	return rc
 }
 
-// measure runs the watchers and the creates.
-func measure(ctx context.Context, cfg Config, client kubernetes.Interface, writers []kubernetes.Interface) (*Result, error) {
+// connect is a client on an HTTP/2 connection of its own, as separate
+// clients of a real server have: client-go otherwise shares one between
+// clients of a config, which serialises their frames, and a watcher whose
+// connection is busy with others' streams lags and is ended by the server.
+func connect(rc *rest.Config) (kubernetes.Interface, error) {
+	c := rest.CopyConfig(rc)
+	c.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil } // uncached transport
+	return kubernetes.NewForConfig(c)
+}
+
+// writers are the creating clients' connections.
+const writers = 8
+
+// measure runs the watchers and the creates, each on a connection of its
+// own; client lists.
+func measure(ctx context.Context, cfg Config, rc *rest.Config, client kubernetes.Interface) (*Result, error) {
 	created := make([]atomic.Int64, cfg.Pods) // unix nanos when each create returned
 	// From the watch cache (RV "0"): a watch from a quorum list's newer
 	// revision waits a second for the cache to catch up ("Too large
@@ -158,13 +158,23 @@ func measure(ctx context.Context, cfg Config, client kubernetes.Interface, write
 	w := &watchers{pods: cfg.Pods}
 	for i := 0; i < cfg.Watchers; i++ {
 		restarts := new(atomic.Int64)
-		rw, err := resumableWatch(ctx, client, list.ResourceVersion, restarts)
+		wc, err := connect(rc)
+		if err != nil {
+			return nil, err
+		}
+		rw, err := resumableWatch(ctx, wc, list.ResourceVersion, restarts)
 		if err != nil {
 			return nil, fmt.Errorf("watch: %w", err)
 		}
 		w.start(rw, restarts)
 	}
-	elapsed, createLat, err := createAll(ctx, cfg, writers, created)
+	conns := make([]kubernetes.Interface, writers)
+	for i := range conns {
+		if conns[i], err = connect(rc); err != nil {
+			return nil, err
+		}
+	}
+	elapsed, createLat, err := createAll(ctx, cfg, conns, created)
 	if err != nil {
 		return nil, err
 	}
@@ -268,9 +278,9 @@ func (ws *watchers) wait(timeout time.Duration, created []atomic.Int64) ([]time.
 	return out, nil
 }
 
-// createAll creates the pods from cfg.Workers goroutines over the writers'
+// createAll creates the pods from cfg.Workers goroutines spread over the
 // connections, recording when each create returned.
-func createAll(ctx context.Context, cfg Config, writers []kubernetes.Interface, created []atomic.Int64) (time.Duration, []time.Duration, error) {
+func createAll(ctx context.Context, cfg Config, conns []kubernetes.Interface, created []atomic.Int64) (time.Duration, []time.Duration, error) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	createLat := make([]time.Duration, cfg.Pods)
@@ -278,7 +288,7 @@ func createAll(ctx context.Context, cfg Config, writers []kubernetes.Interface, 
 	start := time.Now()
 	for i := 0; i < cfg.Workers; i++ {
 		wg.Add(1)
-		client := writers[i%len(writers)]
+		client := conns[i%len(conns)]
 		go func() {
 			defer wg.Done()
 			for idx := int(next.Add(1) - 1); idx < cfg.Pods; idx = int(next.Add(1) - 1) {

@@ -131,22 +131,9 @@ func measure(ctx context.Context, client kubernetes.Interface, server int, cfg C
 		return nil, err
 	}
 	log.Info("nodes written", "nodes", len(names))
-	// From the watch cache (RV "0"): a watch from a quorum list's newer
-	// revision waits a second for the cache to catch up ("Too large
-	// resource version").
-	list, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+	w, err := watchPods(ctx, client)
 	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
-	}
-	// The API server ends a watch that falls behind (a loaded 2-core
-	// machine does); as an informer would, this one resumes where it was.
-	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &cache.ListWatch{
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			return client.CoreV1().Pods(namespace).Watch(ctx, opts)
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("watch pods: %w", err)
+		return nil, err
 	}
 	defer w.Stop()
 	// A failed create ends the watch at once rather than at its timeout.
@@ -180,6 +167,28 @@ func measure(ctx context.Context, client kubernetes.Interface, server int, cfg C
 		Nodes: cfg.Nodes, Pods: cfg.Pods, Created: createdAt.Sub(start), Bound: last.Sub(start), PerNode: perNode,
 		ServerCPU: cpu1 - cpu0, ClientCPU: podbench.SelfCPUTime() - self0,
 	}, nil
+}
+
+// watchPods watches the namespace's pods from now on. The API server ends
+// a watch that falls behind (a loaded 2-core machine does); as an informer
+// would, this one resumes where it was.
+func watchPods(ctx context.Context, client kubernetes.Interface) (watch.Interface, error) {
+	// From the watch cache (RV "0"): a watch from a quorum list's newer
+	// revision waits a second for the cache to catch up ("Too large
+	// resource version").
+	list, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &cache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			return client.CoreV1().Pods(namespace).Watch(ctx, opts)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch pods: %w", err)
+	}
+	return w, nil
 }
 
 // waitForServiceAccount waits for the namespace's default ServiceAccount,

@@ -20,7 +20,7 @@ throughput (pod to pod directly, pod to ClusterIP on the same node and across no
 to NodePort), request/response and new-connection rates with latency percentiles, the time to
 program many Services and to follow one EndpointSlice update, and the agent's memory with the
 size of its BPF maps or iptables rules. Prints a table; writes results.json and chart.svg
-under --out. Needs root, containerd (scripts/containerd.sh start), the test images and a host
+under --out. Needs root, make build, the test images and a host
 build of capstan-echo (make bench builds both).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

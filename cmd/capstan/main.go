@@ -40,6 +40,9 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: false,
 	}
+	// The upstream components register --version on the process-wide flag
+	// set, which cobra shows on every command; `capstan version` is ours.
+	pflag.CommandLine.MarkHidden("version")
 	root.PersistentFlags().String("config", "", "YAML config file (flags and CAPSTAN_* environment variables override it)")
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
 	root.AddCommand(newServerCmd(), newVersionCmd(), newBenchCmd(), newDataplaneCmd(), newDPCmd(), &cobra.Command{

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/capstan-net/capstan/cluster"
+	"github.com/capstan-net/capstan/cni"
 )
 
 // From is where a command runs: a node's own network namespace and cgroup (Node alone, where
@@ -31,15 +32,32 @@ func (c *Cluster) command(from From, args ...string) (*exec.Cmd, func(), error) 
 	case from.Netns != "":
 		return exec.Command("ip", append([]string{"netns", "exec", from.Netns}, args...)...), func() {}, nil
 	case from.PodUID != "":
-		// The agent pins each pod's network namespace in its run directory.
-		path := filepath.Join(c.Config.RunDir, from.Node, "netns", from.PodUID)
-		if _, err := os.Stat(path); err != nil {
-			return nil, nil, fmt.Errorf("network namespace of pod %s: %w", from.PodUID, err)
+		path, err := c.podNetns(from.Node, from.PodUID)
+		if err != nil {
+			return nil, nil, err
 		}
 		return exec.Command("nsenter", append([]string{"--net=" + path, "--"}, args...)...), func() {}, nil
 	default:
 		return cluster.NodeCommand(c.Config, from.Node, args...)
 	}
+}
+
+// podNetns finds a pod's network namespace in the endpoint records
+// capstan-cni leaves in its node's run directory.
+func (c *Cluster) podNetns(node, uid string) (string, error) {
+	eps, err := cni.ListEndpoints(filepath.Join(c.Config.RunDir, node, "endpoints"))
+	if err != nil {
+		return "", err
+	}
+	for _, ep := range eps {
+		if ep.PodUID == uid {
+			if _, err := os.Stat(ep.Netns); err != nil {
+				return "", fmt.Errorf("network namespace of pod %s: %w", uid, err)
+			}
+			return ep.Netns, nil
+		}
+	}
+	return "", fmt.Errorf("pod %s: no CNI endpoint record on node %s", uid, node)
 }
 
 // Echo runs the host's capstan-echo with args, from, for probes that must be quick, and

@@ -73,6 +73,10 @@ func controllerManagerArgs(cfg *Config, f *files) components.Args {
 		"configure-cloud-routes": "false",
 		"leader-elect":           strconv.FormatBool(cfg.LeaderElect),
 		"profiling":              "false",
+		// The API server is in the same process: the client-side limits
+		// meant for a remote one (20/s) only slow the controllers down.
+		"kube-api-qps":   "100",
+		"kube-api-burst": "200",
 	}
 }
 
@@ -85,6 +89,10 @@ func schedulerArgs(cfg *Config, f *files) components.Args {
 		"secure-port":               "10259",
 		"leader-elect":              strconv.FormatBool(cfg.LeaderElect),
 		"profiling":                 "false",
+		// Its default client limit (50 requests/s) caps binding at about 50
+		// pods/s; the API server is in the same process.
+		"kube-api-qps":   "1000",
+		"kube-api-burst": "2000",
 	}
 }
 

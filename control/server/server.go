@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -135,6 +136,11 @@ func advertise(cfg *Config) (string, error) {
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
+	}
+	if os.Getenv("GOGC") == "" {
+		// The API server allocates heavily per request: memory is cheaper
+		// than the CPU a tight GC target costs it (10-20% more requests/s).
+		debug.SetGCPercent(400)
 	}
 	ov, err := parseOverrides(&cfg)
 	if err != nil {

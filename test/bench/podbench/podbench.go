@@ -32,7 +32,7 @@ type Config struct {
 	Timeout time.Duration
 	// Running, if set, is called once every pod runs, before they are
 	// deleted (the RSS measurement reads the node's processes there).
-	Running func(ctx context.Context, node string) error
+	Running func(ctx context.Context) error
 }
 
 // Result holds the latencies, sorted.
@@ -225,7 +225,7 @@ func Run(ctx context.Context, cs kubernetes.Interface, cfg Config, log *slog.Log
 	}
 	res := &Result{Node: node, Wall: time.Since(start), Rate: cfg.Rate}
 	if cfg.Running != nil {
-		if err := cfg.Running(ctx, node); err != nil {
+		if err := cfg.Running(ctx); err != nil {
 			return nil, err
 		}
 	}

@@ -79,7 +79,7 @@ func RunRSS(ctx context.Context, cs kubernetes.Interface, cfg RSSConfig, log *sl
 	}
 	res.Start, err = Run(ctx, cs, Config{
 		Pods: cfg.Pods, Node: node, Image: cfg.Image, Parallel: 10, Rate: cfg.Rate, Timeout: cfg.Timeout,
-		Running: func(ctx context.Context, _ string) error { return take(ctx, cfg.Pods) },
+		Running: func(ctx context.Context) error { return take(ctx, cfg.Pods) },
 	}, log)
 	if err != nil {
 		return nil, err

@@ -57,6 +57,9 @@ func Client(t testing.TB) *client.Client {
 		exec.Command("umount", "-R", dir).Run()
 		os.RemoveAll(dir)
 		os.RemoveAll(containerd.ShimSocketDir(cfg.State))
+		// Their parents go if no one else uses them.
+		os.Remove(containerd.ShimSocketRoot)
+		os.Remove(filepath.Dir(containerd.ShimSocketRoot))
 	})
 	if err := containerd.WaitReady(ctx, cfg.Socket(), 30*time.Second); err != nil {
 		log, _ := os.ReadFile(cfg.LogFile)

@@ -112,3 +112,24 @@ func TestAgentRefusesWrongTokenAndCA(t *testing.T) {
 		t.Fatalf("unknown kubelet flag, unclear error:\n%s", out)
 	}
 }
+
+func TestAgentRefusesOldNodeDir(t *testing.T) {
+	bin := binary(t)
+	data := t.TempDir()
+	// What Capstan's own kubelet left for a node: its credentials and pods.
+	node := filepath.Join(data, "nodes", "old-node")
+	os.MkdirAll(filepath.Join(node, "pki"), 0o700)
+	os.MkdirAll(filepath.Join(node, "pods", "uid-1"), 0o700)
+	os.WriteFile(filepath.Join(node, "pki", "kubelet.kubeconfig"), []byte("old"), 0o600)
+	out := capstan(t, bin, 30*time.Second, "agent", "--server", "https://127.0.0.1:1", "--token", "abcdef.0123456789abcdef",
+		"--ca-file", "/dev/null", "--node-name", "old-node", "--node-ip", "127.0.0.2", "--data-dir", data, "--run-dir", filepath.Join(data, "run"))
+	if !strings.Contains(out, "written by an older Capstan") || !strings.Contains(out, node) {
+		t.Fatalf("unclear error:\n%s", out)
+	}
+	if got, err := os.ReadFile(filepath.Join(node, "pki", "kubelet.kubeconfig")); err != nil || string(got) != "old" {
+		t.Fatalf("the old node's credentials changed or went: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(node, "pods", "uid-1")); err != nil {
+		t.Fatalf("the old node's pods went: %v", err)
+	}
+}

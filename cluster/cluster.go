@@ -65,8 +65,6 @@ type State struct {
 	Mode    string   `json:"mode,omitempty"`
 	Subnet  string   `json:"subnet"`
 	Port    int      `json:"port"`
-	// MountedBPFFS records that Up mounted /sys/fs/bpf, for Down to undo.
-	MountedBPFFS bool `json:"mountedBPFFS,omitempty"`
 }
 
 func (c *Config) setDefaults() error {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/capstan-net/capstan/dataplane/daemon"
 	"github.com/capstan-net/capstan/kubelet/containerd"
 )
 
@@ -77,8 +78,8 @@ func (cfg *Config) removeNode(node string) error {
 		}
 	}
 	// Unpinning the maps and links detaches the node's programs.
-	os.RemoveAll(filepath.Join(bpfRoot, "capstan", node))
-	removeCgroups(filepath.Join("capstan", node))
+	os.RemoveAll(filepath.Join(daemon.DefaultPinRoot, node))
+	removeCgroups(nodeCgroup(node))
 	for _, d := range []string{runDir, nodeDir} {
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
@@ -103,10 +104,7 @@ func removeCNICache(state string) {
 // removeHost undoes what Up did to the host itself.
 func (cfg *Config) removeHost(st *State) []error {
 	var errs []error
-	os.Remove(filepath.Join(bpfRoot, "capstan"))
-	if st.MountedBPFFS && bpffsEmpty(bpfRoot) {
-		unmountUnder(bpfRoot)
-	}
+	os.Remove(daemon.DefaultPinRoot)
 	// The shared parents go only once no node (of any cluster) uses them.
 	parents, _ := filepath.Glob("/sys/fs/cgroup/*/capstan")
 	for _, p := range append(parents, "/sys/fs/cgroup/capstan") {

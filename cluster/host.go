@@ -13,10 +13,8 @@ import (
 	"time"
 
 	"github.com/capstan-net/capstan/internal/atomicfile"
+	"github.com/capstan-net/capstan/internal/bpffs"
 )
-
-// bpfRoot is where the agents pin their maps (their default).
-const bpfRoot = "/sys/fs/bpf"
 
 // hostDirs are the host-wide directories nodes write to: kubelets keep
 // their device-plugin socket in /var/lib/kubelet whatever their root dir,
@@ -48,14 +46,16 @@ var kubeletSysctls = []string{
 }
 
 // hostRecord is what the host was like before the first node of any local
-// cluster started: the kubelets' sysctls and which host directories did not
-// exist. It is host-wide (clusters may overlap in time), in /run because a
+// cluster started: the kubelets' sysctls, which host directories did not
+// exist, whether bpffs was mounted. It is host-wide (clusters may overlap in time), in /run because a
 // reboot resets both.
 const hostRecord = "/run/capstan-host.json"
 
 type hostState struct {
 	Sysctls  map[string]string `json:"sysctls"`
 	MadeDirs []string          `json:"madeDirs,omitempty"`
+	// NoBPFFS: /sys/fs/bpf was not mounted (the agents pin there).
+	NoBPFFS bool `json:"noBPFFS,omitempty"`
 }
 
 // recordHost records the host's state unless a record is there: another
@@ -65,7 +65,7 @@ func recordHost() error {
 	if _, err := os.Stat(hostRecord); err == nil {
 		return nil
 	}
-	st := hostState{Sysctls: readSysctls()}
+	st := hostState{Sysctls: readSysctls(), NoBPFFS: !bpffs.Mounted(bpffs.Root)}
 	for _, d := range hostDirs {
 		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
 			st.MadeDirs = append(st.MadeDirs, d)
@@ -88,6 +88,9 @@ func restoreHost() error {
 	}
 	for _, d := range st.MadeDirs {
 		os.RemoveAll(d)
+	}
+	if st.NoBPFFS && bpffsEmpty(bpffs.Root) {
+		unmountUnder(bpffs.Root)
 	}
 	if err := restoreSysctls(st.Sysctls); err != nil {
 		return err
@@ -128,24 +131,6 @@ func restoreSysctls(saved map[string]string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func ensureBPFFS() (mounted bool, err error) {
-	if isBPFFS(bpfRoot) {
-		return false, nil
-	}
-	if err := os.MkdirAll(bpfRoot, 0o755); err != nil {
-		return false, err
-	}
-	if err := syscall.Mount("bpffs", bpfRoot, "bpf", 0, "mode=0700"); err != nil {
-		return false, fmt.Errorf("mount bpffs at %s: %w", bpfRoot, err)
-	}
-	return true, nil
-}
-
-func isBPFFS(dir string) bool {
-	var st syscall.Statfs_t
-	return syscall.Statfs(dir, &st) == nil && st.Type == 0xcafe4a11 // BPF_FS_MAGIC
 }
 
 // bpffsEmpty reports whether nothing is pinned at dir (the kernel's own

@@ -3,12 +3,9 @@ package cluster
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
-
-	"github.com/capstan-net/capstan/internal/cgroup2"
 )
 
 // NodeCommand prepares args to run as a process of one node: in the node's
@@ -28,17 +25,9 @@ func NodeCommand(cfg Config, node string, args ...string) (*exec.Cmd, func(), er
 	if !netnsExists(ns) {
 		return nil, nil, fmt.Errorf("node %s: no network namespace %s (is the cluster up?)", node, ns)
 	}
-	root, err := cgroup2.Root()
+	fd, err := cgroupFD(filepath.Join(nodeCgroup(node), "host"))
 	if err != nil {
 		return nil, nil, err
-	}
-	dir := filepath.Join(root, "capstan", node, "host")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, nil, fmt.Errorf("node %s cgroup: %w", node, err)
-	}
-	fd, err := syscall.Open(dir, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("open node %s cgroup: %w", node, err)
 	}
 	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, "--"}, args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}

@@ -40,10 +40,10 @@ func (c *Config) running(name string) int {
 }
 
 // start runs args detached (own session, output to the log) unless the
-// process is already running. With leaf set, the process starts in the
-// node's cgroup capstan/<node>/<leaf> (node is name up to its first "-"
-// suffix the caller chose), so Down can end all of a node's processes.
-func (c *Config) start(name string, args []string, leaf string) error {
+// process is already running. With cgroup set (a path in the v2
+// hierarchy, a leaf of a node's), the process starts there, so Down can end
+// all of a node's processes at once.
+func (c *Config) start(name string, args []string, cgroup string) error {
 	if pid := c.running(name); pid != 0 {
 		c.Log.Info("already running", "process", name, "pid", pid)
 		return nil
@@ -56,8 +56,8 @@ func (c *Config) start(name string, args []string, leaf string) error {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if leaf != "" {
-		fd, err := c.nodeCgroupFD(strings.TrimSuffix(name, "-kube-proxy"), leaf)
+	if cgroup != "" {
+		fd, err := cgroupFD(cgroup)
 		if err != nil {
 			return err
 		}
@@ -72,27 +72,33 @@ func (c *Config) start(name string, args []string, leaf string) error {
 	return atomicfile.Write(c.pidFile(name), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 }
 
+// nodeCgroup is a node's cgroup, relative to a hierarchy's root: its
+// agent, containerd, shims and pods (the kubelet's cgroup root) live there.
+func nodeCgroup(node string) string { return filepath.Join("/capstan", node) }
+
 // nodeCgroupDir is a node's cgroup in the v2 hierarchy.
 func nodeCgroupDir(node string) (string, error) {
 	root, err := cgroup2.Root()
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(root, "capstan", node), nil
+	return filepath.Join(root, nodeCgroup(node)), nil
 }
 
-func (c *Config) nodeCgroupFD(node, leaf string) (int, error) {
-	dir, err := nodeCgroupDir(node)
+// cgroupFD opens (making it if needed) a cgroup of the v2 hierarchy, to
+// start a process in.
+func cgroupFD(rel string) (int, error) {
+	root, err := cgroup2.Root()
 	if err != nil {
 		return 0, err
 	}
-	dir = filepath.Join(dir, leaf)
+	dir := filepath.Join(root, rel)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, fmt.Errorf("node %s cgroup: %w", node, err)
+		return 0, fmt.Errorf("cgroup %s: %w", dir, err)
 	}
 	fd, err := syscall.Open(dir, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, fmt.Errorf("open node %s cgroup: %w", node, err)
+		return 0, fmt.Errorf("open cgroup %s: %w", dir, err)
 	}
 	return fd, nil
 }

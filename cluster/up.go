@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/capstan-net/capstan/internal/atomicfile"
+	"github.com/capstan-net/capstan/internal/bpffs"
 )
 
 // Up creates what is missing, starts what is not running and waits until
@@ -52,14 +53,13 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 	return st, cfg.waitReady(ctx, st.Nodes)
 }
 
-// plan works out the cluster's state (what a previous Up recorded, the
-// host settings to restore), checks that a resume keeps what the cluster
+// plan works out the cluster's state, records the host's (once, for every
+// cluster), checks that a resume keeps what the cluster
 // was made with, and records it.
 func (cfg *Config) plan() (*State, error) {
 	st := &State{Name: cfg.Name, Routing: cfg.Routing, Mode: cfg.Mode, Subnet: cfg.Subnet.String(), Port: cfg.Port}
 	old, oldErr := readState(cfg.stateFile())
 	if oldErr == nil {
-		st.MountedBPFFS = old.MountedBPFFS
 		if err := cfg.checkResume(old); err != nil {
 			return nil, err
 		}
@@ -67,11 +67,9 @@ func (cfg *Config) plan() (*State, error) {
 	if err := recordHost(); err != nil {
 		return nil, err
 	}
-	mounted, err := ensureBPFFS()
-	if err != nil {
+	if err := bpffs.Ensure(bpffs.Root); err != nil {
 		return nil, err
 	}
-	st.MountedBPFFS = st.MountedBPFFS || mounted
 	for i := 0; i < cfg.Nodes; i++ {
 		st.Nodes = append(st.Nodes, cfg.nodeName(i))
 	}
@@ -184,7 +182,7 @@ func (cfg *Config) startAgent(i int, node string) error {
 		// From the file: a token on the command line shows in every ps listing.
 		"--token-file", filepath.Join(cfg.serverDir(), "join-token"),
 		"--ca-file", filepath.Join(cfg.serverDir(), "pki", "ca.crt"),
-		"--node-name", node, "--node-ip", cfg.nodeIP(i),
+		"--node-name", node, "--node-ip", cfg.nodeIP(i), "--cgroup-root", nodeCgroup(node),
 		"--data-dir", cfg.DataDir, "--run-dir", cfg.RunDir,
 		"--cni-conf-dir", filepath.Join(cfg.DataDir, "nodes", node, "cni"),
 		"--routing", cfg.Routing, "--mode", cfg.Mode,
@@ -195,7 +193,7 @@ func (cfg *Config) startAgent(i int, node string) error {
 	}
 	// The agent, its containerd and the shims live in the node's cgroup,
 	// so Down can end every process of the node at once.
-	return cfg.start(node, append(args, cfg.AgentArgs...), "agent")
+	return cfg.start(node, append(args, cfg.AgentArgs...), filepath.Join(nodeCgroup(node), "agent"))
 }
 
 // startKubeProxies runs the upstream kube-proxy in every node, once its
@@ -212,7 +210,7 @@ func (cfg *Config) startKubeProxies(ctx context.Context, nodes []string) error {
 		if err := cfg.start(node+"-kube-proxy", []string{"nsenter", "--net=/run/netns/" + cfg.netns(node), cfg.KubeProxy,
 			"--kubeconfig", Kubeconfig(cfg.DataDir), "--hostname-override", node, "--proxy-mode", "iptables",
 			"--cluster-cidr", clusterCIDR, "--nodeport-addresses", "primary", "--conntrack-max-per-core", "0",
-		}, "kube-proxy"); err != nil {
+		}, filepath.Join(nodeCgroup(node), "kube-proxy")); err != nil {
 			return err
 		}
 	}

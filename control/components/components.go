@@ -44,12 +44,6 @@ func (c Component) Parse(args []string) (func(ctx context.Context) error, error)
 	return run, nil
 }
 
-// HasFlag reports whether the component takes --name.
-func (c Component) HasFlag(name string) bool {
-	fs, _ := c.newFlags()
-	return fs.Lookup(name) != nil
-}
-
 // flagSet gathers named flag sets into one that reports errors instead of
 // exiting, as the upstream binaries' commands do.
 func flagSet(name string, nfs cliflag.NamedFlagSets) *pflag.FlagSet {
@@ -76,12 +70,13 @@ type Args map[string]string
 func ParseOverrides(c Component, option string, entries []string) (Args, error) {
 	out := Args{}
 	var errs []error
+	fs, _ := c.newFlags()
 	for _, e := range entries {
 		name, value, ok := strings.Cut(strings.TrimPrefix(e, "--"), "=")
 		switch {
 		case !ok || name == "":
 			errs = append(errs, fmt.Errorf("%s %q: want name=value", option, e))
-		case !c.HasFlag(name):
+		case fs.Lookup(name) == nil:
 			errs = append(errs, fmt.Errorf("%s %q: %s has no flag --%s", option, e, c.Name, name))
 		default:
 			out[name] = value

@@ -30,7 +30,10 @@ func APIServer() Component {
 			if errs := completed.Validate(); len(errs) > 0 {
 				return fmt.Errorf("kube-apiserver: %w", utilerrors.NewAggregate(errs))
 			}
-			return apiserverapp.Run(ctx, completed)
+			if err := apiserverapp.Run(ctx, completed); err != nil {
+				return fmt.Errorf("kube-apiserver: %w", err)
+			}
+			return nil
 		}
 	}}
 }
@@ -55,7 +58,10 @@ func ControllerManager() Component {
 			if err != nil {
 				return fmt.Errorf("kube-controller-manager: %w", err)
 			}
-			return kcmapp.Run(ctx, c.Complete())
+			if err := kcmapp.Run(ctx, c.Complete()); err != nil {
+				return fmt.Errorf("kube-controller-manager: %w", err)
+			}
+			return nil
 		}
 	}}
 }
@@ -72,7 +78,10 @@ func Scheduler() Component {
 			if err != nil {
 				return fmt.Errorf("kube-scheduler: %w", err)
 			}
-			return schedulerapp.Run(ctx, cc, sched)
+			if err := schedulerapp.Run(ctx, cc, sched); err != nil {
+				return fmt.Errorf("kube-scheduler: %w", err)
+			}
+			return nil
 		}
 	}}
 }

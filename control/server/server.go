@@ -207,7 +207,7 @@ func serve(ctx context.Context, cfg *Config, f *files, e *etcd.Etcd, adv string,
 	go func() {
 		defer close(apiDone)
 		if err := runAPI(ctx); err != nil {
-			errc <- fmt.Errorf("kube-apiserver: %w", err)
+			errc <- err
 		}
 	}()
 	cs, err := localClient(f.serverKubeconfig)
@@ -224,8 +224,8 @@ func serve(ctx context.Context, cfg *Config, f *files, e *etcd.Etcd, adv string,
 		return err
 	}
 	forever := context.WithoutCancel(ctx)
-	go func() { errc <- fmt.Errorf("kube-controller-manager: %w", runKCM(forever)) }()
-	go func() { errc <- fmt.Errorf("kube-scheduler: %w", runSched(forever)) }()
+	go func() { errc <- stopped("kube-controller-manager", runKCM(forever)) }()
+	go func() { errc <- stopped("kube-scheduler", runSched(forever)) }()
 	go csrapprover.Run(ctx, cs)
 	cfg.Log.Info("capstan server ready", "url", "https://"+net.JoinHostPort(adv, fmt.Sprint(cfg.SecurePort)),
 		"kubeconfig", f.adminKubeconfig, "joinToken", JoinTokenPath(cfg.DataDir))
@@ -253,6 +253,14 @@ func shutdown(cfg *Config, apiDone <-chan struct{}) error {
 		cfg.Log.Info("kube-apiserver still draining requests after 3s; exiting")
 	}
 	return nil
+}
+
+// stopped is the error of a component that should never return.
+func stopped(name string, err error) error {
+	if err == nil {
+		return fmt.Errorf("%s stopped", name)
+	}
+	return err
 }
 
 // stoppedEarly is err, unless the server was asked to stop while starting.

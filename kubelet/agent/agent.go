@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/capstan-net/capstan/dataplane/daemon"
+	"github.com/capstan-net/capstan/internal/bpffs"
 	"github.com/capstan-net/capstan/kubelet"
 	"github.com/capstan-net/capstan/kubelet/containerd"
 	"github.com/capstan-net/capstan/kubelet/images"
@@ -309,10 +310,10 @@ func dataplaneConfig(cfg *Config, rc *rest.Config, ready func()) (daemon.Config,
 	dc.NodeName, dc.RestConfig, dc.Logger, dc.Ready = cfg.NodeName, rc, cfg.Log.With("component", "dataplane"), ready
 	dc.EndpointsDir = filepath.Join(cfg.runDir(), "endpoints")
 	if dc.PinDir == "" {
-		if err := EnsureBPFFS(DefaultBPFRoot); err != nil {
+		// The daemon's default pin dir is there.
+		if err := bpffs.Ensure(bpffs.Root); err != nil {
 			return dc, err
 		}
-		dc.PinDir = filepath.Join(DefaultBPFRoot, "capstan", cfg.NodeName)
 	}
 	if dc.CgroupDir == "" {
 		dir, err := NodeCgroupDir(cfg.CgroupRoot)

@@ -8,29 +8,9 @@ import (
 	"path/filepath"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/capstan-net/capstan/internal/cgroup2"
 )
-
-// DefaultBPFRoot is where the bpf filesystem is normally mounted.
-const DefaultBPFRoot = "/sys/fs/bpf"
-
-// EnsureBPFFS mounts a bpf filesystem at dir unless one is there, as
-// Cilium's agent does, so pinned maps and links outlive the agent.
-func EnsureBPFFS(dir string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("bpffs dir: %w", err)
-	}
-	if err := unix.Mount("bpffs", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
-	}
-	return nil
-}
 
 // NodeCgroupDir is the node's cgroup v2 directory, where pods' cgroups are
 // made (runc joins the v2 hierarchy on hybrid hosts too) and the socket

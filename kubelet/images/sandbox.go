@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/containerd/containerd/v2/client"
@@ -160,18 +159,4 @@ func sandboxArchive(ref string, pause []byte) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// PauseBinary returns the capstan-pause binary in exe's directory (exe is
-// typically os.Executable()).
-func PauseBinary(exe string) (string, error) {
-	p := filepath.Join(filepath.Dir(exe), PauseName)
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", fmt.Errorf("find pause binary: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("pause binary %s is not a regular file", p)
-	}
-	return p, nil
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -132,28 +131,6 @@ func TestReadPause(t *testing.T) {
 		if _, err := readPause(p); err == nil {
 			t.Errorf("readPause(%s) succeeded", p)
 		}
-	}
-}
-
-func TestPauseBinary(t *testing.T) {
-	dir := t.TempDir()
-	exe := filepath.Join(dir, "capstan")
-	if _, err := PauseBinary(exe); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("PauseBinary without capstan-pause: %v, want not exist", err)
-	}
-	want := filepath.Join(dir, PauseName)
-	if err := os.WriteFile(want, []byte("x"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := PauseBinary(exe); err != nil || got != want {
-		t.Errorf("PauseBinary(%s) = %q, %v; want %q", exe, got, err, want)
-	}
-	sub := filepath.Join(t.TempDir(), "sub")
-	if err := os.MkdirAll(filepath.Join(sub, PauseName), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := PauseBinary(filepath.Join(sub, "capstan")); err == nil {
-		t.Error("PauseBinary found a directory")
 	}
 }
 

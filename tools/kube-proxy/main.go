@@ -1,7 +1,7 @@
 // Command kube-proxy is the unmodified upstream Kubernetes kube-proxy
 // (k8s.io/kubernetes/cmd/kube-proxy), built from the Go module proxy as a
-// separate module so the Capstan module never depends on k8s.io/kubernetes
-// for it. It mirrors upstream cmd/kube-proxy/proxy.go.
+// separate module: Capstan's own binary never starts kube-proxy, so it does
+// not link it. It mirrors upstream cmd/kube-proxy/proxy.go.
 //
 // Use it with a Capstan node agent running in `--mode none`.
 package main

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -48,7 +49,7 @@ type Server struct {
 	Log string
 }
 
-// Start runs a server and waits until it is ready. Its controller manager
+// Start runs a server and waits until it is ready and admits pods. Its controller manager
 // and scheduler serve no port, so several servers can share a machine.
 func Start(ctx context.Context, opts Options) (*Server, error) {
 	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
@@ -125,6 +126,11 @@ func (s *Server) ready(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx); err != nil {
+		return err
+	}
+	// Pods are refused until the controller manager has made the default
+	// ServiceAccount, a few seconds after /readyz: every caller creates pods.
+	if _, err := cs.CoreV1().ServiceAccounts("default").Get(rctx, "default", metav1.GetOptions{}); err != nil {
 		return err
 	}
 	rc.QPS, rc.Burst = 1000, 2000

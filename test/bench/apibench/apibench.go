@@ -22,8 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/capstan-net/capstan/control/server/servertest"
@@ -89,9 +87,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) (*Result, error) {
 	rc := clientConfig(srv.Config, cfg.ContentType)
 	client, err := connect(rc)
 	if err != nil {
-		return nil, err
-	}
-	if err := waitForServiceAccount(ctx, client, "default"); err != nil {
 		return nil, err
 	}
 	before, err := podbench.ReadMemory(srv.Pid())
@@ -162,7 +157,7 @@ func measure(ctx context.Context, cfg Config, rc *rest.Config, client kubernetes
 		if err != nil {
 			return nil, err
 		}
-		rw, err := resumableWatch(ctx, wc, list.ResourceVersion, restarts)
+		rw, err := podbench.WatchPods(ctx, wc, "default", list.ResourceVersion, restarts)
 		if err != nil {
 			return nil, fmt.Errorf("watch: %w", err)
 		}
@@ -195,22 +190,6 @@ func measure(ctx context.Context, cfg Config, rc *rest.Config, client kubernetes
 	res.WatchP50, res.WatchP99, res.WatchMax = quantiles(deliveries)
 	res.CreateP50, res.CreateP99, _ = quantiles(createLat)
 	return res, nil
-}
-
-// resumableWatch watches the pods from rv and, when the server ends the
-// watch (it ends watchers that fall behind), resumes where it was, as an
-// informer would; restarts counts those.
-func resumableWatch(ctx context.Context, client kubernetes.Interface, rv string, restarts *atomic.Int64) (watch.Interface, error) {
-	first := true
-	return watchtools.NewRetryWatcherWithContext(ctx, rv, &cache.ListWatch{
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			if !first {
-				restarts.Add(1)
-			}
-			first = false
-			return client.CoreV1().Pods("default").Watch(ctx, opts)
-		},
-	})
 }
 
 // watchers record when each watcher decodes each pod's ADDED event. The
@@ -315,27 +294,6 @@ func createAll(ctx context.Context, cfg Config, conns []kubernetes.Interface, cr
 	return elapsed, createLat, nil
 }
 
-// waitForServiceAccount waits for the namespace's default ServiceAccount:
-// the ServiceAccount admission plugin refuses pods until the controller
-// manager has made it, a few seconds after start.
-func waitForServiceAccount(ctx context.Context, client kubernetes.Interface, ns string) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		_, err := client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("service account %s/default: %w", ns, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 func quantiles(d []time.Duration) (p50, p99, max time.Duration) {
 	if len(d) == 0 {
 		return
@@ -366,14 +324,7 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "  server RSS after       %14s   (peak %s)\n", podbench.MiB(r.ServerAfter.RSS), podbench.MiB(r.ServerAfter.Peak))
 	watchTarget := "no watchers"
 	if r.Deliveries > 0 {
-		watchTarget = verdict(r.WatchP99 < 100*time.Millisecond)
+		watchTarget = podbench.Verdict(r.WatchP99 < 100*time.Millisecond)
 	}
-	fmt.Fprintf(w, "  targets: creates/s >= 2000 (%s), watch p99 < 100ms (%s)\n", verdict(r.CreatesPerSecond >= 2000), watchTarget)
-}
-
-func verdict(ok bool) string {
-	if ok {
-		return "met"
-	}
-	return "MISSED"
+	fmt.Fprintf(w, "  targets: creates/s >= 2000 (%s), watch p99 < 100ms (%s)\n", podbench.Verdict(r.CreatesPerSecond >= 2000), watchTarget)
 }

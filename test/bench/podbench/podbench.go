@@ -65,20 +65,13 @@ func (r *Result) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "pods: %d on node %s, %s, all Running after %v\n", len(r.Latencies), r.Node, rate, r.Wall.Round(time.Millisecond))
 	r.printLatency(w)
-	fmt.Fprintf(w, "targets: p50 <= 1s (%s), p99 <= 3s (%s)\n", verdict(r.pct(0.50) <= time.Second), verdict(r.pct(0.99) <= 3*time.Second))
+	fmt.Fprintf(w, "targets: p50 <= 1s (%s), p99 <= 3s (%s)\n", Verdict(r.pct(0.50) <= time.Second), Verdict(r.pct(0.99) <= 3*time.Second))
 }
 
 func (r *Result) printLatency(w io.Writer) {
 	fmt.Fprintf(w, "create-to-Running latency: p50 %v  p90 %v  p99 %v  max %v\n",
 		r.pct(0.50).Round(time.Millisecond), r.pct(0.90).Round(time.Millisecond),
 		r.pct(0.99).Round(time.Millisecond), r.pct(1).Round(time.Millisecond))
-}
-
-func verdict(ok bool) string {
-	if ok {
-		return "met"
-	}
-	return "MISSED"
 }
 
 // pickNode returns name if set, else the first Ready node.

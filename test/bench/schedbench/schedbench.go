@@ -21,8 +21,6 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/capstan-net/capstan/control/server/servertest"
@@ -127,9 +125,6 @@ func newClient(base *rest.Config) (kubernetes.Interface, error) {
 // the scheduler has found every pod unschedulable, then releases the nodes
 // and times the bindings; server is the server's pid.
 func measure(ctx context.Context, client kubernetes.Interface, server int, cfg Config, log *slog.Logger) (*Result, error) {
-	if err := waitForServiceAccount(ctx, client); err != nil {
-		return nil, err
-	}
 	names, err := createNodes(ctx, client, cfg)
 	if err != nil {
 		return nil, err
@@ -215,35 +210,11 @@ func watchPods(ctx context.Context, client kubernetes.Interface) (watch.Interfac
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
-	w, err := watchtools.NewRetryWatcherWithContext(ctx, list.ResourceVersion, &cache.ListWatch{
-		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
-			return client.CoreV1().Pods(namespace).Watch(ctx, opts)
-		},
-	})
+	w, err := podbench.WatchPods(ctx, client, namespace, list.ResourceVersion, nil)
 	if err != nil {
 		return nil, fmt.Errorf("watch pods: %w", err)
 	}
 	return w, nil
-}
-
-// waitForServiceAccount waits for the namespace's default ServiceAccount,
-// without which the ServiceAccount admission plugin refuses pods.
-func waitForServiceAccount(ctx context.Context, client kubernetes.Interface) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		_, err := client.CoreV1().ServiceAccounts(namespace).Get(ctx, "default", metav1.GetOptions{})
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("service account %s/default: %w", namespace, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // holdTaint keeps pods off the simulated nodes until they are released.
@@ -410,11 +381,7 @@ func (r *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "  CPU while binding      server %.1fs, load generator %.1fs, over %.1fs on %d CPUs\n",
 		r.ServerCPU.Seconds(), r.ClientCPU.Seconds(), r.Bound.Seconds(), runtime.NumCPU())
 	fmt.Fprintf(w, "  server RSS after       %14s   (peak %s)\n", podbench.MiB(r.Server.RSS), podbench.MiB(r.Server.Peak))
-	ok := "MISSED"
-	if r.PodsPerSecond() >= Target {
-		ok = "met"
-	}
-	fmt.Fprintf(w, "  target: pods bound/s >= %d (%s)\n", Target, ok)
+	fmt.Fprintf(w, "  target: pods bound/s >= %d (%s)\n", Target, podbench.Verdict(r.PodsPerSecond() >= Target))
 }
 
 // spread is the fewest and most pods on one node.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/capstan-net/capstan/test/bench/perfcluster"
+	"github.com/capstan-net/capstan/test/bench/podbench"
 )
 
 // key names one figure across modes.
@@ -157,12 +158,6 @@ func targets(rep *Report) []string {
 	if ebpfMode == nil {
 		return nil
 	}
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "MISSED"
-	}
 	var out []string
 	e := index(ebpfMode)
 	counts := map[int]bool{}
@@ -181,7 +176,7 @@ func targets(rep *Report) []string {
 				continue
 			}
 			r, pairs := pairedRatio(s, d)
-			line := fmt.Sprintf("target eBPF %s %s >= 0.95x direct at %d services: %.3fx %s", c.svc, c.test, n, r, verdict(r >= 0.95))
+			line := fmt.Sprintf("target eBPF %s %s >= 0.95x direct at %d services: %.3fx %s", c.svc, c.test, n, r, podbench.Verdict(r >= 0.95))
 			if len(pairs) > 1 {
 				line += fmt.Sprintf(" (median of %d back-to-back pairs: %s)", len(pairs), strings.Join(pairs, " "))
 			}
@@ -191,7 +186,7 @@ func targets(rep *Report) []string {
 	if a, ok := e[key{minN, pathCIPCross, "crr"}]; ok && maxN != minN {
 		b := e[key{maxN, pathCIPCross, "crr"}]
 		r := value(b) / value(a)
-		out = append(out, fmt.Sprintf("target eBPF connection rate with %d services within 5%% of %d: %.3fx %s", maxN, minN, r, verdict(r >= 0.95)))
+		out = append(out, fmt.Sprintf("target eBPF connection rate with %d services within 5%% of %d: %.3fx %s", maxN, minN, r, podbench.Verdict(r >= 0.95)))
 	}
 	if ipt != nil {
 		ix := index(ipt)
@@ -204,10 +199,10 @@ func targets(rep *Report) []string {
 				behind = append(behind, fmt.Sprintf("%s %s", k.path, k.test))
 			}
 		}
-		out = append(out, fmt.Sprintf("target eBPF ahead of iptables on every figure at %d services: %s %v", maxN, verdict(len(behind) == 0), behind))
+		out = append(out, fmt.Sprintf("target eBPF ahead of iptables on every figure at %d services: %s %v", maxN, podbench.Verdict(len(behind) == 0), behind))
 	}
 	if p := ebpfMode.Programming; p != nil {
-		line := fmt.Sprintf("target eBPF programs %d services within 1 s of the last write: %s %s", p.Services, p.AfterLastWrite.Round(time.Millisecond), verdict(p.AfterLastWrite <= time.Second))
+		line := fmt.Sprintf("target eBPF programs %d services within 1 s of the last write: %s %s", p.Services, p.AfterLastWrite.Round(time.Millisecond), podbench.Verdict(p.AfterLastWrite <= time.Second))
 		if ipt != nil && ipt.Programming != nil {
 			line += fmt.Sprintf(" (iptables: %s)", ipt.Programming.AfterLastWrite.Round(time.Millisecond))
 		}

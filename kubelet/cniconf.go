@@ -19,6 +19,9 @@ type CNIConfig struct {
 	IPAMDir      string
 	EndpointsDir string
 	MTU          int
+	// HostPorts chains the upstream portmap plugin after capstan-cni, which
+	// gives pods their hostPorts (with DNAT rules in the node's netfilter).
+	HostPorts bool
 }
 
 // WriteCNIConfig writes the node's capstan-cni configuration list, replacing
@@ -28,17 +31,21 @@ func WriteCNIConfig(c CNIConfig) (bool, error) {
 	if len(c.PodCIDRs) == 0 {
 		return false, fmt.Errorf("cni config: no pod CIDR")
 	}
-	conf := map[string]any{
-		"cniVersion": "1.1.0",
-		"name":       "capstan",
-		"plugins": []map[string]any{{
-			"type":         "capstan-cni",
-			"podCIDRs":     c.PodCIDRs,
-			"dataDir":      c.IPAMDir,
-			"endpointsDir": c.EndpointsDir,
-			"mtu":          c.MTU,
-		}},
+	plugins := []map[string]any{{
+		"type":         "capstan-cni",
+		"podCIDRs":     c.PodCIDRs,
+		"dataDir":      c.IPAMDir,
+		"endpointsDir": c.EndpointsDir,
+		"mtu":          c.MTU,
+	}}
+	if c.HostPorts {
+		// snat: a hostPort on 127.0.0.1 (or reached from the node
+		// itself) answers too, as with Calico's and k3s's flannel conflists.
+		plugins = append(plugins, map[string]any{
+			"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true,
+		})
 	}
+	conf := map[string]any{"cniVersion": "1.1.0", "name": "capstan", "plugins": plugins}
 	data, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
 		return false, err

@@ -111,6 +111,17 @@ func TestWriteCNIConfig(t *testing.T) {
 	if !strings.Contains(string(data), `"mtu": 1450`) || !strings.Contains(string(data), `"10.244.1.0/24"`) {
 		t.Fatalf("conflist %s", data)
 	}
+	if strings.Contains(string(data), "portmap") {
+		t.Fatalf("portmap chained without HostPorts: %s", data)
+	}
+	c.HostPorts = true
+	if changed, err := WriteCNIConfig(c); err != nil || !changed {
+		t.Fatalf("write with hostPorts: %v %v", changed, err)
+	}
+	data, _ = os.ReadFile(filepath.Join(c.ConfDir, CNIConfigName))
+	if !strings.Contains(string(data), `"type": "portmap"`) || !strings.Contains(string(data), `"portMappings": true`) {
+		t.Fatalf("conflist without portmap: %s", data)
+	}
 	if _, err := WriteCNIConfig(CNIConfig{ConfDir: c.ConfDir}); err == nil {
 		t.Fatal("a configuration without pod CIDR was written")
 	}

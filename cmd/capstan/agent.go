@@ -57,7 +57,7 @@ Any kubelet flag can be set with --kubelet-arg name=value (repeatable).`,
 	f.String("cgroup-root", "", "cgroup the kubelet runs pods under (default /capstan/<node>)")
 	f.Int("port", 10250, "kubelet API port (logs, exec, attach, port-forward)")
 	f.StringSlice("import-images", nil, "image archives (OCI layout tar) to import into the node's containerd at start-up")
-	f.StringSlice("cluster-dns", nil, "cluster DNS server addresses written into pods' resolv.conf")
+	f.StringSlice("cluster-dns", []string{"10.96.0.10"}, "cluster DNS server addresses written into pods' resolv.conf (the server's --cluster-dns)")
 	f.String("cluster-domain", "cluster.local", "cluster DNS domain")
 	f.StringArray("kubelet-arg", nil, "kubelet flag as name=value (repeatable); overrides Capstan's default")
 	f.Bool("dataplane", true, "run the node's eBPF dataplane (services, NodePort, pod programs, NetworkPolicy) in the agent")
@@ -105,6 +105,12 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 			return agent.Config{}, fmt.Errorf("--snat-addr %q: want an IPv4 address", s)
 		}
 	}
+	dns := v.GetStringSlice("cluster-dns")
+	for _, s := range dns {
+		if _, err := netip.ParseAddr(s); err != nil {
+			return agent.Config{}, fmt.Errorf("--cluster-dns: %q is not an IP address", s)
+		}
+	}
 	token, err := joinToken(v.GetString("token"), v.GetString("token-file"))
 	if err != nil {
 		return agent.Config{}, err
@@ -123,10 +129,10 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 		CgroupRoot:    v.GetString("cgroup-root"),
 		Port:          v.GetInt("port"),
 		ImportImages:  v.GetStringSlice("import-images"),
-		ClusterDNS:    v.GetStringSlice("cluster-dns"),
+		ClusterDNS:    dns,
 		ClusterDomain: v.GetString("cluster-domain"),
 		KubeletArgs:   v.GetStringSlice("kubelet-arg"),
-		Containerd:    bins.containerd, ShimDir: bins.dir, Pause: bins.pause,
+		Containerd:    bins.containerd, ShimDir: bins.dir, Pause: bins.pause, CoreDNS: bins.coredns,
 		Dataplane: v.GetBool("dataplane"),
 		DataplaneConfig: daemon.Config{
 			PinDir:           v.GetString("bpf-pin-dir"),
@@ -153,7 +159,7 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 
 // binaries are the programs a node runs beside capstan: make build (and
 // the image) puts them in one directory.
-type binaries struct{ dir, containerd, pause string }
+type binaries struct{ dir, containerd, pause, coredns string }
 
 func beside() (binaries, error) {
 	self, err := os.Executable()
@@ -162,7 +168,8 @@ func beside() (binaries, error) {
 	}
 	self, _ = filepath.EvalSymlinks(self)
 	dir := filepath.Dir(self)
-	b := binaries{dir: dir, containerd: filepath.Join(dir, "containerd"), pause: filepath.Join(dir, images.PauseName)}
+	b := binaries{dir: dir, containerd: filepath.Join(dir, "containerd"),
+		pause: filepath.Join(dir, images.PauseName), coredns: filepath.Join(dir, images.CoreDNSName)}
 	if _, err := os.Stat(b.containerd); err != nil {
 		if p, lerr := exec.LookPath("containerd"); lerr == nil {
 			b.containerd = p

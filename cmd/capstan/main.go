@@ -24,7 +24,11 @@ import (
 )
 
 func main() {
-	// kubectl parses its own flags; hand it the arguments untouched.
+	// kubectl parses its own flags; hand it the arguments untouched. A
+	// link named kubectl runs it too, as k3s's does.
+	if filepath.Base(os.Args[0]) == "kubectl" {
+		os.Exit(runKubectl(os.Args[1:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "kubectl" {
 		os.Exit(runKubectl(os.Args[2:]))
 	}
@@ -161,6 +165,9 @@ and --kube-scheduler-arg (name=value, repeatable); they override Capstan's defau
 				NodeCIDRMaskSize:      v.GetInt("node-cidr-mask-size"),
 				NodePortRange:         v.GetString("service-node-port-range"),
 				ClusterDomain:         v.GetString("cluster-domain"),
+				ClusterDNS:            v.GetString("cluster-dns"),
+				UpstreamDNS:           v.GetStringSlice("upstream-dns"),
+				DisableAddons:         v.GetStringSlice("disable-addon"),
 				LeaderElect:           v.GetBool("leader-elect"),
 				APIServerArgs:         v.GetStringSlice("kube-apiserver-arg"),
 				ControllerManagerArgs: v.GetStringSlice("kube-controller-manager-arg"),
@@ -187,7 +194,10 @@ and --kube-scheduler-arg (name=value, repeatable); they override Capstan's defau
 	f.String("service-node-port-range", server.DefaultNodePortRange, "range for NodePorts")
 	f.String("cluster-cidr", server.DefaultClusterCIDR, "range that node pod CIDRs are carved from (kube-controller-manager's node IPAM)")
 	f.Int("node-cidr-mask-size", 24, "prefix length of each node's pod CIDR")
-	f.String("cluster-domain", server.DefaultClusterDomain, "the cluster's DNS domain (service-account token issuer, certificate names)")
+	f.String("cluster-domain", server.DefaultClusterDomain, "the cluster's DNS domain (cluster DNS, service-account token issuer, certificate names)")
+	f.String("cluster-dns", "", "the cluster DNS Service's address, inside --service-cidr (default: its tenth address, 10.96.0.10 for the default range)")
+	f.StringSlice("upstream-dns", nil, "where cluster DNS sends names outside the cluster: resolver addresses (IP or IP:port), or none to answer them at once with a failure (default: the node's /etc/resolv.conf)")
+	f.StringArray("disable-addon", nil, "add-on not to deploy, removing it if it was (repeatable): coredns")
 	f.Bool("leader-elect", true, "run controller-manager and scheduler loops only in the server holding their Lease, for several servers on one etcd")
 	f.StringArray("kube-apiserver-arg", nil, "kube-apiserver flag as name=value (repeatable); overrides Capstan's default")
 	f.StringArray("kube-controller-manager-arg", nil, "kube-controller-manager flag as name=value (repeatable)")

@@ -6,7 +6,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,9 +16,11 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/capstan-net/capstan/control/addons"
 	"github.com/capstan-net/capstan/control/bootstrap"
 	"github.com/capstan-net/capstan/control/components"
 	"github.com/capstan-net/capstan/control/csrapprover"
@@ -46,6 +47,14 @@ type Config struct {
 	NodeCIDRMaskSize int
 	NodePortRange    string
 	ClusterDomain    string
+	// ClusterDNS is the kube-dns Service's address; empty means the tenth
+	// of ServiceCIDR.
+	ClusterDNS string
+	// UpstreamDNS is where cluster DNS sends names outside the cluster
+	// (addresses, or "none"); empty means the nodes' resolv.conf.
+	UpstreamDNS []string
+	// DisableAddons names add-ons not to deploy (and to remove if they were).
+	DisableAddons []string
 	// LeaderElect runs kube-controller-manager's and kube-scheduler's loops
 	// only in the server holding their Lease (several servers on one etcd).
 	LeaderElect bool
@@ -56,6 +65,7 @@ type Config struct {
 	Log *slog.Logger
 
 	firstServiceIP net.IP
+	addons         addons.Config
 }
 
 // Defaults for `capstan server`.
@@ -103,7 +113,8 @@ func (c *Config) setDefaults() error {
 	}
 	// The kubernetes Service takes the range's first address, as upstream.
 	c.firstServiceIP = net.IP(svc.Masked().Addr().Next().AsSlice())
-	return nil
+	c.addons, err = c.addonConfig(svc)
+	return err
 }
 
 // AdminKubeconfig is the path of the admin kubeconfig in a data dir.
@@ -210,7 +221,11 @@ func serve(ctx context.Context, cfg *Config, f *files, e *etcd.Etcd, adv string,
 			errc <- err
 		}
 	}()
-	cs, err := localClient(f.serverKubeconfig)
+	rc, err := localConfig(f.serverKubeconfig)
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err
 	}
@@ -218,6 +233,9 @@ func serve(ctx context.Context, cfg *Config, f *files, e *etcd.Etcd, adv string,
 		return stoppedEarly(ctx, err)
 	}
 	if err := ensureObjects(ctx, cs, token, errc); err != nil {
+		return stoppedEarly(ctx, err)
+	}
+	if err := deployAddons(ctx, cfg, rc, errc); err != nil {
 		return stoppedEarly(ctx, err)
 	}
 	if err := writeAdminKubeconfig(cfg, f); err != nil {
@@ -271,13 +289,13 @@ func stoppedEarly(ctx context.Context, err error) error {
 	return err
 }
 
-func localClient(kubeconfig string) (*kubernetes.Clientset, error) {
+func localConfig(kubeconfig string) (*rest.Config, error) {
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("server kubeconfig: %w", err)
 	}
 	rc.UserAgent = "capstan-server"
-	return kubernetes.NewForConfig(rc)
+	return rc, nil
 }
 
 // waitReady waits for the API server's /readyz, or for it to fail.
@@ -305,12 +323,38 @@ func waitReady(ctx context.Context, cs kubernetes.Interface, errc <-chan error) 
 // ensureObjects creates the join token's Secret and the RBAC nodes need,
 // retrying while the API server settles.
 func ensureObjects(ctx context.Context, cs kubernetes.Interface, token string, errc <-chan error) error {
+	return retry(ctx, errc, "bootstrap objects", func() error {
+		if err := bootstrap.EnsureTokenSecret(ctx, cs, token); err != nil {
+			return err
+		}
+		return bootstrap.EnsureRBAC(ctx, cs)
+	}, nil)
+}
+
+// deployAddons applies the add-ons and removes the disabled ones. An
+// add-on the API server refuses (its DNS address taken by another Service,
+// say) fails the start with the reason, rather than leaving a cluster
+// without DNS that looks healthy.
+func deployAddons(ctx context.Context, cfg *Config, rc *rest.Config, errc <-chan error) error {
+	a, err := addons.NewApplier(rc, cfg.Log)
+	if err != nil {
+		return err
+	}
+	err = retry(ctx, errc, "add-ons", func() error { return a.Sync(ctx, cfg.addons, cfg.DisableAddons) }, addons.Permanent)
+	if addons.Permanent(err) {
+		return fmt.Errorf("%w (--disable-addon leaves an add-on out)", err)
+	}
+	return err
+}
+
+// retry calls f once a second for up to a minute, while the API server
+// settles, until it succeeds, returns an error permanent says is final, or
+// a component fails.
+func retry(ctx context.Context, errc <-chan error, what string, f func() error, permanent func(error) bool) error {
 	var err error
 	for range 60 {
-		if err = bootstrap.EnsureTokenSecret(ctx, cs, token); err == nil {
-			if err = bootstrap.EnsureRBAC(ctx, cs); err == nil {
-				return nil
-			}
+		if err = f(); err == nil || permanent != nil && permanent(err) {
+			return err
 		}
 		select {
 		case e := <-errc:
@@ -320,5 +364,5 @@ func ensureObjects(ctx context.Context, cs kubernetes.Interface, token string, e
 		case <-time.After(time.Second):
 		}
 	}
-	return fmt.Errorf("bootstrap objects: %w", errors.Join(err))
+	return fmt.Errorf("%s: %w", what, err)
 }

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/capstan-net/capstan/control/addons"
 	"github.com/capstan-net/capstan/dataplane/daemon"
 	"github.com/capstan-net/capstan/internal/bpffs"
 	"github.com/capstan-net/capstan/kubelet"
@@ -56,6 +57,9 @@ type Config struct {
 	// Binaries: containerd, the directory of its runc shim, and the pause
 	// program the sandbox image is made of.
 	Containerd, ShimDir, Pause string
+	// CoreDNS is the program the cluster DNS image (CoreDNSImage) is made
+	// of; the node runs without that image when it is missing.
+	CoreDNS string
 	// Dataplane runs the node's eBPF dataplane in the agent; DataplaneConfig
 	// carries its settings (node, client and endpoints directory are filled in here).
 	Dataplane       bool
@@ -218,15 +222,19 @@ func join(ctx context.Context, cfg *Config, kc *kubelet.Config) error {
 	return kc.WriteBootstrapKubeconfig(j)
 }
 
-// loadImages makes the sandbox image and imports the archives given.
+// loadImages makes the sandbox and cluster DNS images and imports the
+// archives given.
 func loadImages(ctx context.Context, cfg *Config, socket string) error {
 	c, err := client.New(socket, client.WithTimeout(10*time.Second))
 	if err != nil {
 		return fmt.Errorf("connect to containerd: %w", err)
 	}
 	defer c.Close()
-	if err := images.EnsureSandbox(ctx, c, containerd.Namespace, containerd.SandboxImage, cfg.Pause, cfg.Log); err != nil {
+	if err := images.EnsureStatic(ctx, c, containerd.Namespace, images.Sandbox(containerd.SandboxImage, cfg.Pause), cfg.Log); err != nil {
 		return fmt.Errorf("sandbox image: %w", err)
+	}
+	if err := ensureCoreDNS(ctx, cfg, c); err != nil {
+		return err
 	}
 	for _, path := range cfg.ImportImages {
 		names, err := images.Import(ctx, c, containerd.Namespace, path, cfg.Log)
@@ -234,6 +242,24 @@ func loadImages(ctx context.Context, cfg *Config, socket string) error {
 			return fmt.Errorf("import images: %w", err)
 		}
 		cfg.Log.Info("imported images", "file", path, "images", names)
+	}
+	return nil
+}
+
+// ensureCoreDNS makes the cluster DNS image, which the server's add-on
+// runs under upstream's name. A node without the program still runs every
+// other pod, so its absence is logged, not fatal: the DNS pods placed there
+// report the image missing.
+func ensureCoreDNS(ctx context.Context, cfg *Config, c *client.Client) error {
+	if cfg.CoreDNS == "" {
+		return nil
+	}
+	if _, err := os.Stat(cfg.CoreDNS); errors.Is(err, os.ErrNotExist) {
+		cfg.Log.Warn("no coredns beside capstan: cluster DNS pods cannot start on this node (make build puts it there)", "path", cfg.CoreDNS)
+		return nil
+	}
+	if err := images.EnsureStatic(ctx, c, containerd.Namespace, images.CoreDNS(addons.CoreDNSImage, cfg.CoreDNS), cfg.Log); err != nil {
+		return fmt.Errorf("cluster DNS image: %w", err)
 	}
 	return nil
 }
@@ -291,6 +317,7 @@ func network(ctx context.Context, cfg *Config, rc *rest.Config) error {
 	if _, err := kubelet.WriteCNIConfig(kubelet.CNIConfig{
 		ConfDir: cfg.CNIConfDir, PodCIDRs: cidrs, IPAMDir: filepath.Join(cfg.nodeDir(), "ipam"),
 		EndpointsDir: filepath.Join(cfg.runDir(), "endpoints"), MTU: podMTU(cfg),
+		HostPorts: hasPortmap(cfg),
 	}); err != nil {
 		return err
 	}
@@ -354,4 +381,16 @@ func podMTU(cfg *Config) int {
 		return 1450
 	}
 	return 1500
+}
+
+// hasPortmap reports whether a CNI bin dir holds the portmap plugin: a node
+// without it still runs pods, but none with a hostPort, and says so.
+func hasPortmap(cfg *Config) bool {
+	for _, d := range cfg.CNIBinDirs {
+		if _, err := os.Stat(filepath.Join(d, "portmap")); err == nil {
+			return true
+		}
+	}
+	cfg.Log.Warn("no portmap CNI plugin in the CNI bin dirs: pods' hostPorts are not served (make build puts it beside capstan)", "dirs", cfg.CNIBinDirs)
+	return false
 }

@@ -59,6 +59,32 @@ func TestServerRefusesUnknownUpstreamFlag(t *testing.T) {
 	}
 }
 
+// Cluster DNS settings are checked before anything is written.
+func TestServerRefusesBadDNSSettings(t *testing.T) {
+	bin := binary(t)
+	for _, c := range []struct{ args, want []string }{
+		{[]string{"--cluster-dns", "10.97.0.10"}, []string{"--cluster-dns 10.97.0.10 is outside --service-cidr 10.96.0.0/16"}},
+		{[]string{"--service-cidr", "10.43.0.0/16"}, nil}, // the default address follows the range: accepted
+		{[]string{"--disable-addon", "coredns", "--disable-addon", "kube-dns"}, []string{`--disable-addon "kube-dns": no such add-on`, "coredns"}},
+		{[]string{"--upstream-dns", "none,192.0.2.1"}, []string{"--upstream-dns", `"none" cannot be given with addresses`}},
+	} {
+		dir := t.TempDir()
+		// An unknown upstream flag, checked after them, ends an accepted start.
+		out := capstan(t, bin, 30*time.Second, append([]string{"server", "--data-dir", dir, "--kube-apiserver-arg", "no-such-flag=1"}, c.args...)...)
+		if c.want == nil {
+			c.want = []string{"kube-apiserver has no flag --no-such-flag"}
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("capstan server %v: error does not say %q:\n%s", c.args, w, out)
+			}
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("capstan server %v: a refused start wrote %d files into the data dir", c.args, len(entries))
+		}
+	}
+}
+
 func TestServerRefusesOldDataDir(t *testing.T) {
 	bin := binary(t)
 	dir := t.TempDir()
@@ -110,6 +136,14 @@ func TestAgentRefusesWrongTokenAndCA(t *testing.T) {
 	if out := capstan(t, bin, 30*time.Second, "agent", "--kubelet-arg", "no-such=1", "--node-name", "x", "--node-ip", "127.0.0.2",
 		"--data-dir", filepath.Join(dir, "data")); !strings.Contains(out, "the kubelet has no flag --no-such") {
 		t.Fatalf("unknown kubelet flag, unclear error:\n%s", out)
+	}
+}
+
+func TestAgentRefusesBadClusterDNS(t *testing.T) {
+	out := capstan(t, binary(t), 30*time.Second, "agent", "--cluster-dns", "10.96.0.10,dns.example", "--node-name", "x",
+		"--node-ip", "127.0.0.2", "--data-dir", t.TempDir())
+	if !strings.Contains(out, `--cluster-dns: "dns.example" is not an IP address`) {
+		t.Fatalf("unclear error:\n%s", out)
 	}
 }
 

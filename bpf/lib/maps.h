@@ -207,6 +207,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } node_addrs SEC(".maps");
 
+/* Addresses of the cluster's other nodes. Pod traffic to them is not masqueraded, as traffic
+ * to this node is not: a UDP reply to a process on another node (which masquerade could not
+ * tell from a new flow) must come back from the address the process sent to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} peer_nodes SEC(".maps");
+
 /* Socket LB: backend address seen by a socket -> the service address the application used. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -18,8 +18,9 @@ static __always_inline bool masq_wanted(const struct tuple *t)
 	if (in_range(t->daddr, cluster_cidr_addr, cluster_cidr_mask) ||
 	    in_range(t->daddr, service_cidr_addr, service_cidr_mask))
 		return false;
-	/* This node itself: replies come back anyway. */
-	return !bpf_map_lookup_elem(&node_addrs, &t->daddr);
+	/* The cluster's nodes, this one included, see pods by their own addresses. */
+	return !bpf_map_lookup_elem(&node_addrs, &t->daddr) &&
+	       !bpf_map_lookup_elem(&peer_nodes, &t->daddr);
 }
 
 /* masq_addr picks the source the stack would give the packet on this device (like iptables'

@@ -24,7 +24,7 @@ type Pinned struct {
 func pinnedNames() []string {
 	return []string{
 		sockMapServices, sockMapSvcSlots, sockMapBackends, sockMapBackendConns, sockMapRrState,
-		sockMapMaglevTables, sockMapCt4, sockMapAffinity4, sockMapNodeAddrs, sockMapSockRevnat4,
+		sockMapMaglevTables, sockMapCt4, sockMapAffinity4, sockMapNodeAddrs, sockMapPeerNodes, sockMapSockRevnat4,
 		sockMapSockBackend, sockMapEndpoints, sockMapTunnelRoutes, sockMapStats,
 		sockMapPolicyEps, sockMapPolicyHosts, sockMapPolicyRules, sockMapPolicyPorts, sockMapPolicyCt4, sockMapPolicyStats,
 	}

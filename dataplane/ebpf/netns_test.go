@@ -356,3 +356,57 @@ func TestMasqueradeToOutside(t *testing.T) {
 		t.Fatalf("no masquerade conntrack entry for %s -> %s", c.a.pod.ep.IP, peer)
 	}
 }
+
+// TestNodeToRemotePodUDP: a process on node b asks pod a over UDP (a probe, a DNS query). Its
+// reply leaves node a towards an address outside the pod range, like traffic to the outside,
+// yet must keep the pod's address: a connected UDP socket takes only datagrams from the
+// address it sent to. Without node b among node a's peers, the reply is masqueraded.
+func TestNodeToRemotePodUDP(t *testing.T) {
+	c := newTestCluster(t, RoutingNative)
+	c.a.routeTo(t, podCIDRB, nodeBIP)
+	c.b.routeTo(t, podCIDRA, nodeAIP)
+	pod := netip.AddrPortFrom(c.a.pod.ep.IP, 5353)
+	var srv *net.UDPConn
+	err := c.a.pod.ns.Do(func() (err error) {
+		srv, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(pod))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	ask := func() error {
+		return c.b.ns.Do(func() error {
+			conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(pod))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(time.Second))
+			if _, err := conn.Write([]byte("hostName")); err != nil {
+				return err
+			}
+			_, err = conn.Read(make([]byte, 512))
+			return err
+		})
+	}
+	if err := ask(); err == nil {
+		t.Fatal("a reply came back although node a masquerades it (the test cannot fail)")
+	}
+	if err := c.a.d.SetPeerNodes([]netip.Addr{nodeBIP}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ask(); err != nil {
+		t.Fatalf("node b -> pod a over UDP with node b a peer of node a: %v", err)
+	}
+}

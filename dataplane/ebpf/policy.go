@@ -262,41 +262,7 @@ func (d *Datapath) bumpPolicyRev() error {
 // SetPolicyHosts sets the addresses a node's pods may always be reached from, whatever their
 // ingress rules: the node's own and the pod gateways it answers its pods on.
 func (d *Datapath) SetPolicyHosts(addrs []netip.Addr) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	want := make(map[uint32]bool)
-	for _, a := range addrs {
-		if a.Is4() {
-			want[addrU32(a)] = true
-		}
-	}
-	var (
-		k    uint32
-		v    uint32
-		have []uint32
-	)
-	it := d.sock.PolicyHosts.Iterate()
-	for it.Next(&k, &v) {
-		have = append(have, k)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read policy hosts: %w", err)
-	}
-	for _, k := range have {
-		if want[k] {
-			delete(want, k)
-			continue
-		}
-		if err := d.del(d.sock.PolicyHosts, k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete policy host: %w", err)
-		}
-	}
-	for k := range want {
-		if err := d.put(d.sock.PolicyHosts, k, uint32(1)); err != nil {
-			return fmt.Errorf("write policy host: %w", err)
-		}
-	}
-	return nil
+	return d.setAddrs(d.sock.PolicyHosts, "policy host", addrs)
 }
 
 // PolicyIDs returns the policies the counters are kept for, by ID.

@@ -360,43 +360,48 @@ func (d *Datapath) ServiceKeys() []ServiceKey {
 // SetNodeAddrs sets the addresses NodePorts answer on (and may SNAT to): the node's own
 // addresses in its network namespace.
 func (d *Datapath) SetNodeAddrs(addrs []netip.Addr) error {
+	return d.setAddrs(d.sock.NodeAddrs, "node address", addrs)
+}
+
+// SetPeerNodes sets the other nodes' addresses, which pod traffic reaches unmasqueraded.
+func (d *Datapath) SetPeerNodes(addrs []netip.Addr) error {
+	return d.setAddrs(d.sock.PeerNodes, "peer node", addrs)
+}
+
+// setAddrs makes m, a set of IPv4 addresses, hold exactly addrs (IPv6 ones are skipped),
+// writing only what differs so that identical calls write nothing.
+func (d *Datapath) setAddrs(m *ebpf.Map, what string, addrs []netip.Addr) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-
 	want := make(map[uint32]bool, len(addrs))
 	for _, a := range addrs {
-		if !a.Is4() {
-			continue
+		if a.Is4() {
+			want[addrU32(a)] = true
 		}
-		want[addrU32(a)] = true
 	}
 	var (
-		k     uint32
-		v     uint32
+		k, v  uint32
 		stale []uint32
-		have  = make(map[uint32]bool)
 	)
-	it := d.sock.NodeAddrs.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if !want[k] {
+		if want[k] {
+			delete(want, k)
+		} else {
 			stale = append(stale, k)
 		}
-		have[k] = true
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read node addresses: %w", err)
+		return fmt.Errorf("read %ses: %w", what, err)
 	}
 	for _, k := range stale {
-		if err := d.del(d.sock.NodeAddrs, k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete node address %s: %w", u32Addr(k), err)
+		if err := d.del(m, k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s %s: %w", what, u32Addr(k), err)
 		}
 	}
 	for k := range want {
-		if have[k] {
-			continue // identical calls write nothing
-		}
-		if err := d.put(d.sock.NodeAddrs, k, uint32(1)); err != nil {
-			return fmt.Errorf("write node address %s: %w", u32Addr(k), err)
+		if err := d.put(m, k, uint32(1)); err != nil {
+			return fmt.Errorf("write %s %s: %w", what, u32Addr(k), err)
 		}
 	}
 	return nil

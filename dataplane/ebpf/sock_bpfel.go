@@ -180,6 +180,7 @@ const (
 	sockMapEndpoints          = "endpoints"
 	sockMapMaglevTables       = "maglev_tables"
 	sockMapNodeAddrs          = "node_addrs"
+	sockMapPeerNodes          = "peer_nodes"
 	sockMapPolicyCounts       = "policy_counts"
 	sockMapPolicyCt4          = "policy_ct4"
 	sockMapPolicyEps          = "policy_eps"
@@ -281,6 +282,7 @@ type sockMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	PeerNodes     *ebpf.MapSpec `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
 	PolicyCt4     *ebpf.MapSpec `ebpf:"policy_ct4"`
 	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
@@ -350,6 +352,7 @@ type sockMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	PeerNodes     *ebpf.Map `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
 	PolicyCt4     *ebpf.Map `ebpf:"policy_ct4"`
 	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
@@ -378,6 +381,7 @@ func (m *sockMaps) Close() error {
 		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
+		m.PeerNodes,
 		m.PolicyCounts,
 		m.PolicyCt4,
 		m.PolicyEps,

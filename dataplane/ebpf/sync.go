@@ -94,7 +94,7 @@ func protocol(p v1.Protocol) (Protocol, bool) {
 	return 0, false
 }
 
-// Sync makes the maps hold st: node addresses, then every wanted frontend (the Datapath
+// Sync makes the maps hold st: this node's and the other nodes' addresses, then every wanted frontend (the Datapath
 // writes only what differs), then deletes frontends st no longer has. It never reloads a
 // program. It goes on past a failing frontend and returns all errors together, so one bad
 // service cannot hold the others back.
@@ -107,6 +107,13 @@ func (s *Syncer) Sync(ctx context.Context, st *dataplane.State) error {
 		}
 	}
 	if err := s.d.SetNodeAddrs(addrs); err != nil {
+		errs = append(errs, err)
+	}
+	peers := make([]netip.Addr, 0, len(st.Routes))
+	for _, r := range st.Routes {
+		peers = append(peers, r.NodeIP)
+	}
+	if err := s.d.SetPeerNodes(peers); err != nil {
 		errs = append(errs, err)
 	}
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -39,6 +40,7 @@ func syncState() *dataplane.State {
 	return &dataplane.State{
 		NodeName:  "node-a",
 		NodeAddrs: addrs("192.168.1.10", "fd00::10"),
+		Routes:    []dataplane.Route{{Node: "node-b", PodCIDR: netip.MustParsePrefix("10.244.1.0/24"), NodeIP: netip.MustParseAddr("192.168.1.11")}},
 		Services: []*dataplane.ServicePort{
 			{
 				Name: spName("dns", "dns", v1.ProtocolUDP), ClusterIPs: addrs("10.96.0.53", "fd00:96::53"),
@@ -110,14 +112,15 @@ func TestSyncWritesStateAndOnlyDifferences(t *testing.T) {
 	if got := dump(t, cfg.PinDir); !reflect.DeepEqual(got, want) {
 		t.Fatalf("maps after first sync:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	var k, v uint32
-	it := d.sock.NodeAddrs.Iterate()
-	var nodeAddrs []netip.Addr
-	for it.Next(&k, &v) {
-		nodeAddrs = append(nodeAddrs, u32Addr(k))
-	}
-	if !reflect.DeepEqual(nodeAddrs, addrs("192.168.1.10")) {
-		t.Fatalf("node addrs %v", nodeAddrs)
+	for m, want := range map[*ebpf.Map][]netip.Addr{d.sock.NodeAddrs: addrs("192.168.1.10"), d.sock.PeerNodes: addrs("192.168.1.11")} {
+		var k, v uint32
+		var got []netip.Addr
+		for it := m.Iterate(); it.Next(&k, &v); {
+			got = append(got, u32Addr(k))
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s holds %v, want %v", m, got, want)
+		}
 	}
 
 	// The same State again writes nothing at all.

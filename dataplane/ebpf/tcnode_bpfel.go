@@ -23,6 +23,7 @@ const (
 	tcNodeMapEndpoints          = "endpoints"
 	tcNodeMapMaglevTables       = "maglev_tables"
 	tcNodeMapNodeAddrs          = "node_addrs"
+	tcNodeMapPeerNodes          = "peer_nodes"
 	tcNodeMapPolicyCounts       = "policy_counts"
 	tcNodeMapPolicyCt4          = "policy_ct4"
 	tcNodeMapPolicyEps          = "policy_eps"
@@ -124,6 +125,7 @@ type tcNodeMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	PeerNodes     *ebpf.MapSpec `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
 	PolicyCt4     *ebpf.MapSpec `ebpf:"policy_ct4"`
 	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
@@ -193,6 +195,7 @@ type tcNodeMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	PeerNodes     *ebpf.Map `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
 	PolicyCt4     *ebpf.Map `ebpf:"policy_ct4"`
 	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
@@ -221,6 +224,7 @@ func (m *tcNodeMaps) Close() error {
 		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
+		m.PeerNodes,
 		m.PolicyCounts,
 		m.PolicyCt4,
 		m.PolicyEps,

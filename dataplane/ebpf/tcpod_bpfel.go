@@ -23,6 +23,7 @@ const (
 	tcPodMapEndpoints          = "endpoints"
 	tcPodMapMaglevTables       = "maglev_tables"
 	tcPodMapNodeAddrs          = "node_addrs"
+	tcPodMapPeerNodes          = "peer_nodes"
 	tcPodMapPolicyCounts       = "policy_counts"
 	tcPodMapPolicyCt4          = "policy_ct4"
 	tcPodMapPolicyEps          = "policy_eps"
@@ -118,6 +119,7 @@ type tcPodMapSpecs struct {
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
+	PeerNodes     *ebpf.MapSpec `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
 	PolicyCt4     *ebpf.MapSpec `ebpf:"policy_ct4"`
 	PolicyEps     *ebpf.MapSpec `ebpf:"policy_eps"`
@@ -187,6 +189,7 @@ type tcPodMaps struct {
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
+	PeerNodes     *ebpf.Map `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
 	PolicyCt4     *ebpf.Map `ebpf:"policy_ct4"`
 	PolicyEps     *ebpf.Map `ebpf:"policy_eps"`
@@ -215,6 +218,7 @@ func (m *tcPodMaps) Close() error {
 		m.Endpoints,
 		m.MaglevTables,
 		m.NodeAddrs,
+		m.PeerNodes,
 		m.PolicyCounts,
 		m.PolicyCt4,
 		m.PolicyEps,

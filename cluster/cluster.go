@@ -37,8 +37,8 @@ type Config struct {
 	// agent` flags (tests shorten the node monitor grace period with them).
 	ServerArgs []string
 	AgentArgs  []string
-	// Subnet is the underlay /24: .1 is the host (and the server), nodes
-	// are .11 upwards, the outside client .250.
+	// Subnet is the underlay /24: .1 is the host, .10 the server's own
+	// namespace, nodes are .11 upwards, the outside client .250.
 	Subnet netip.Prefix
 	Port   int
 	Binary string   // the capstan binary
@@ -52,6 +52,9 @@ type Config struct {
 const (
 	clusterCIDR = "10.244.0.0/16"
 	serviceCIDR = "10.96.0.0/16"
+	// clusterDNS is the kube-dns Service's address, the server's default
+	// for serviceCIDR, given to server and agents alike.
+	clusterDNS = "10.96.0.10"
 
 	DefaultName   = "capstan"
 	DefaultSubnet = "172.30.0.0/24"
@@ -65,6 +68,7 @@ type State struct {
 	Mode    string   `json:"mode,omitempty"`
 	Subnet  string   `json:"subnet"`
 	Port    int      `json:"port"`
+	Server  string   `json:"server,omitempty"` // the API server's URL
 }
 
 func (c *Config) setDefaults() error {
@@ -129,8 +133,10 @@ func (c *Config) host(last int) string {
 	return netip.AddrFrom4(a).String()
 }
 func (c *Config) hostIP() string      { return c.host(1) }
+func (c *Config) serverIP() string    { return c.host(10) }
 func (c *Config) nodeIP(i int) string { return c.host(11 + i) }
-func (c *Config) serverURL() string   { return "https://" + c.hostIP() + ":" + strconv.Itoa(c.Port) }
+func (c *Config) serverURL() string   { return "https://" + c.serverIP() + ":" + strconv.Itoa(c.Port) }
+func (c *Config) serverNetns() string { return c.Name + "-server" }
 func (c *Config) netns(node string) string {
 	if len(node) > len(c.Name) && node[:len(c.Name)+1] == c.Name+"-" {
 		return node

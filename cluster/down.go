@@ -113,7 +113,7 @@ func (cfg *Config) removeHost(st *State) []error {
 	if err := restoreHost(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, ns := range []string{cfg.outsideNetns()} {
+	for _, ns := range []string{cfg.serverNetns(), cfg.outsideNetns()} {
 		if netnsExists(ns) {
 			if err := run("ip", "netns", "del", ns); err != nil {
 				errs = append(errs, err)

@@ -50,14 +50,17 @@ func Up(ctx context.Context, cfg Config) (*State, error) {
 			return nil, err
 		}
 	}
-	return st, cfg.waitReady(ctx, st.Nodes)
+	if err := cfg.waitReady(ctx, st.Nodes); err != nil {
+		return nil, err
+	}
+	return st, cfg.routePodCIDRs(ctx, st.Nodes)
 }
 
 // plan works out the cluster's state, records the host's (once, for every
 // cluster), checks that a resume keeps what the cluster
 // was made with, and records it.
 func (cfg *Config) plan() (*State, error) {
-	st := &State{Name: cfg.Name, Routing: cfg.Routing, Mode: cfg.Mode, Subnet: cfg.Subnet.String(), Port: cfg.Port}
+	st := &State{Name: cfg.Name, Routing: cfg.Routing, Mode: cfg.Mode, Subnet: cfg.Subnet.String(), Port: cfg.Port, Server: cfg.serverURL()}
 	old, oldErr := readState(cfg.stateFile())
 	if oldErr == nil {
 		if err := cfg.checkResume(old); err != nil {
@@ -132,14 +135,26 @@ func (cfg *Config) netnsOnBridge(ns, veth, ip string) error {
 	return nil
 }
 
+// startServer runs the control plane in a namespace of its own on the
+// underlay, as a server machine of a real cluster: the API server dials pod
+// IPs (proxy, webhooks, aggregated APIs) through routes that exist only
+// there, and several clusters can share the host.
 func (cfg *Config) startServer(ctx context.Context) error {
-	// Everything the server listens on is on the cluster's own address, so
-	// several clusters share a host (the controller manager's and
-	// scheduler's ports would clash on 127.0.0.1).
-	args := append([]string{cfg.Binary, "server", "--data-dir", cfg.serverDir(),
-		"--bind-address", cfg.hostIP(), "--advertise-address", cfg.hostIP(), "--secure-port", fmt.Sprint(cfg.Port),
-		"--kube-controller-manager-arg", "bind-address=" + cfg.hostIP(), "--kube-scheduler-arg", "bind-address=" + cfg.hostIP(),
-		"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR}, cfg.ServerArgs...)
+	ns := cfg.serverNetns()
+	if err := cfg.netnsOnBridge(ns, trim(cfg.Name, 9)+"sh", cfg.serverIP()); err != nil {
+		return err
+	}
+	ip := cfg.serverIP()
+	args := append([]string{"nsenter", "--net=/run/netns/" + ns, cfg.Binary, "server", "--data-dir", cfg.serverDir(),
+		"--bind-address", ip, "--advertise-address", ip, "--secure-port", fmt.Sprint(cfg.Port),
+		"--kube-controller-manager-arg", "bind-address=" + ip, "--kube-scheduler-arg", "bind-address=" + ip,
+		// Webhooks and aggregated APIs are dialled at an endpoint's pod IP,
+		// not the ClusterIP: the server is not a node, so no service proxy
+		// runs beside it (kube-proxy-free clusters do the same).
+		"--kube-apiserver-arg", "enable-aggregator-routing=true",
+		"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR,
+		// Nodes have no way out: names beyond the cluster fail at once.
+		"--cluster-dns", clusterDNS, "--upstream-dns", "none"}, cfg.ServerArgs...)
 	if err := cfg.start("server", args, ""); err != nil {
 		return err
 	}
@@ -186,7 +201,7 @@ func (cfg *Config) startAgent(i int, node string) error {
 		"--data-dir", cfg.DataDir, "--run-dir", cfg.RunDir,
 		"--cni-conf-dir", filepath.Join(cfg.DataDir, "nodes", node, "cni"),
 		"--routing", cfg.Routing, "--mode", cfg.Mode,
-		"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR,
+		"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR, "--cluster-dns", clusterDNS,
 	}
 	for _, img := range cfg.Images {
 		args = append(args, "--import-images", img)

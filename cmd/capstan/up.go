@@ -71,14 +71,14 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			kc := cluster.Kubeconfig(cfg.DataDir)
-			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is ready: server on %s, nodes %v (%s routing, %s mode).
+			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is ready: API server %s, nodes %v (%s routing, %s mode).
 Kubeconfig: %s (capstan kubectl uses it; or export KUBECONFIG=%s)
   capstan kubectl get nodes -o wide
   capstan dp services --node-name %s      (a node's eBPF maps)
   capstan node-exec %s -- curl http://<ClusterIP>/   (a command as a node's own process)
   ip netns exec %s-outside curl http://<node IP>:<nodePort>/    (a client outside the cluster)
 Logs: %s/cluster/logs/. Remove everything with: capstan down
-`, st.Name, cfg.Subnet.Addr().Next(), st.Nodes, st.Routing, st.Mode, kc, kc, st.Nodes[0], st.Nodes[0], st.Name, cfg.DataDir)
+`, st.Name, st.Server, st.Nodes, st.Routing, st.Mode, kc, kc, st.Nodes[0], st.Nodes[0], st.Name, cfg.DataDir)
 			return nil
 		},
 	}

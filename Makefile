@@ -11,23 +11,62 @@ LDFLAGS  := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build e2e netpol test test-unit generate generate-check lint demo bench clean images vagrant-check vagrant-netpol
+.PHONY: all build e2e netpol test test-unit generate generate-check lint demo bench clean images e2e-tools e2e-images kube-proxy conformance sig-network vagrant-check vagrant-netpol
 
 all: build
 
 # capstan, and beside it what every node runs: the CNI plugin, the pause
-# program the sandbox image is made of, and the upstream containerd v2 with
-# its runc shim (tools/containerd).
+# program the sandbox image is made of, the upstream containerd v2 with its
+# runc shim (tools/containerd), the upstream CoreDNS the cluster DNS image is
+# made of (tools/coredns), and the upstream portmap CNI plugin for hostPorts
+# (tools/portmap).
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(CAPSTAN) ./cmd/capstan
 	$(GO) build -o $(dir $(CAPSTAN))capstan-cni ./cmd/capstan-cni
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(dir $(CAPSTAN))capstan-pause ./cmd/capstan-pause
 	./tools/containerd/build.sh $(abspath $(dir $(CAPSTAN)))
+	./tools/coredns/build.sh $(abspath $(dir $(CAPSTAN)))
+	./tools/portmap/build.sh $(abspath $(dir $(CAPSTAN)))
 
 # The test images (capstan.local/echo:1.0, capstan.local/busybox:1.0) as one OCI
 # archive; needs busybox-static. Load: capstan images import bin/images/capstan-test-images.tar
 images:
 	$(GO) run ./test/images/build -o $(BIN)/images/capstan-test-images.tar
+
+# The upstream e2e suite (tools/e2e, its own module): e2e.test, ginkgo, and
+# the programs of its test images (agnhost, nnp, regression-issue-74839,
+# sample-apiserver, etcd). Heavy: each build holds /tmp/capstan-build.lock.
+e2e-tools:
+	./tools/e2e/build.sh $(BIN)
+
+# The images the upstream [Conformance] and [sig-network] tests run, under
+# their upstream names, as one OCI archive for `capstan up --images`
+# (test/images/e2eimages): Debian packages (cached in bin/debs; needs root,
+# apt-get and dpkg-deb) and the programs of make build and make e2e-tools,
+# which run first when their outputs are missing.
+e2e-images:
+	@test -x $(BIN)/capstan-pause -a -x $(BIN)/coredns || $(MAKE) build
+	@test -x $(BIN)/agnhost -a -x $(BIN)/nnp -a -x $(BIN)/etcd || $(MAKE) e2e-tools
+	$(GO) run ./test/images/e2ebuild -o $(BIN)/images/e2e-images.tar -debs $(BIN)/debs \
+	  -agnhost $(BIN)/agnhost -coredns $(BIN)/coredns -pause $(BIN)/capstan-pause \
+	  -nnp $(BIN)/nnp -regression $(BIN)/regression-issue-74839 -sample-apiserver $(BIN)/sample-apiserver -etcd $(BIN)/etcd
+
+# The upstream kube-proxy (tools/kube-proxy) for --mode none.
+kube-proxy:
+	./tools/kube-proxy/build.sh
+
+# Kubernetes' conformance suite on a fresh 3-node cluster (eBPF mode): the
+# [Conformance] specs without [Serial] in parallel, then [Serial] alone.
+# Writes docs/conformance/conformance-ebpf.json and docs/conformance.md.
+# Not part of make test (about an hour on 2 cores).
+conformance: build e2e-tools e2e-images
+	$(GO) run ./test/conformance/run -suite conformance -modes ebpf
+
+# Every upstream [sig-network] spec that can apply here, in each service mode
+# (ebpf, iptables, none with the upstream kube-proxy), as Cilium's CI runs
+# them; one column per mode in docs/conformance.md.
+sig-network: build e2e-tools e2e-images kube-proxy
+	$(GO) run ./test/conformance/run -suite sig-network -modes ebpf,iptables,none
 
 # Everything: lint, the Vagrant setup's checks, regenerate BPF objects (must
 # match the committed ones), unit and integration tests, then the end-to-end
@@ -40,9 +79,10 @@ test-unit: build
 	CAPSTAN_BINARY=$(abspath $(CAPSTAN)) $(GO) test -count=1 -timeout 20m ./...
 
 # The end-to-end suite: fresh 3-node clusters (native/eBPF, VXLAN/eBPF,
-# native/iptables) and a table of scenarios; the whole log is in bin/e2e.log,
+# native/iptables) and a table of scenarios, the upstream [sig-network]
+# [Conformance] specs among them on the full (native/eBPF) cluster; the whole log is in bin/e2e.log,
 # and a failure prints its details. CAPSTAN_E2E_CASES=native/ebpf runs one cluster.
-e2e: build
+e2e: build e2e-tools e2e-images
 	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -timeout 40m -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
 	  grep -A100 -E '^\s+CLUSTER +SCENARIO' $(BIN)/e2e.log | grep -E '^\s+(CLUSTER|[a-z]+/[a-z]+) '; \
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/e2e.log)"; grep -B2 -A40 -E '^\s+[a-z_]+_test\.go:[0-9]+: ' $(BIN)/e2e.log | head -300; fi; \

@@ -124,6 +124,10 @@ func runCase(t *testing.T, cc clusterCase, tools *clustertest.Tools) []result {
 		ServerArgs: []string{"--kube-controller-manager-arg", "node-monitor-grace-period=10s", "--kube-apiserver-arg", "default-unreachable-toleration-seconds=5"},
 		AgentArgs:  []string{"--kubelet-arg", "config-dir=" + kubeletDropIn(t, dir)},
 	}
+	if full(cc) {
+		// The upstream specs' images (agnhost, busybox, nginx...).
+		cfg.Images = append(cfg.Images, filepath.Join(upstreamBin(t), "images", "e2e-images.tar"))
+	}
 	ctx := context.Background()
 	c, err := clustertest.Up(t, cfg)
 	if err != nil {

@@ -32,6 +32,7 @@ type options struct {
 	modes            []string
 	procs, nodes     int
 	keep             bool
+	timeout          time.Duration
 }
 
 func main() {
@@ -43,6 +44,7 @@ func main() {
 	flag.StringVar(&o.docs, "docs", "docs", "where conformance.md and the records (conformance/*.json) go")
 	flag.IntVar(&o.procs, "procs", 6, "ginkgo processes for the parallel specs")
 	flag.IntVar(&o.nodes, "nodes", 3, "cluster nodes")
+	flag.DurationVar(&o.timeout, "timeout", 2*time.Hour, "limit of each ginkgo run (parallel, then serial); specs still running then are reported interrupted")
 	flag.BoolVar(&o.keep, "keep", false, "leave the last cluster up (capstan down --name conf ... removes it)")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
@@ -138,7 +140,7 @@ func (o options) runSuite(ctx context.Context, cfg cluster.Config, work string) 
 	r := conformance.Run{
 		Ginkgo: filepath.Join(o.bin, "ginkgo"), E2ETest: filepath.Join(o.bin, "e2e.test"),
 		Kubeconfig: cluster.Kubeconfig(cfg.DataDir), Kubectl: kubectl, Dir: reports,
-		Name: "parallel", Focus: focus, Skip: join(skip, conformance.Serial), Procs: o.procs, Output: os.Stdout,
+		Name: "parallel", Focus: focus, Skip: join(skip, conformance.Serial), Procs: o.procs, Timeout: o.timeout, Output: os.Stdout,
 	}
 	res, err := r.Exec(ctx)
 	if err != nil {

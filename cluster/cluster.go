@@ -137,6 +137,10 @@ func (c *Config) serverIP() string    { return c.host(10) }
 func (c *Config) nodeIP(i int) string { return c.host(11 + i) }
 func (c *Config) serverURL() string   { return "https://" + c.serverIP() + ":" + strconv.Itoa(c.Port) }
 func (c *Config) serverNetns() string { return c.Name + "-server" }
+
+// serverVeth and outsideVeth are the host ends of those namespaces' links.
+func (c *Config) serverVeth() string  { return trim(c.Name, 9) + "sh" }
+func (c *Config) outsideVeth() string { return trim(c.Name, 9) + "oh" }
 func (c *Config) netns(node string) string {
 	if len(node) > len(c.Name) && node[:len(c.Name)+1] == c.Name+"-" {
 		return node

@@ -113,7 +113,14 @@ func (cfg *Config) removeHost(st *State) []error {
 	if err := restoreHost(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, ns := range []string{cfg.serverNetns(), cfg.outsideNetns()} {
+	for ns, veth := range map[string]string{cfg.serverNetns(): cfg.serverVeth(), cfg.outsideNetns(): cfg.outsideVeth()} {
+		// The link goes with its namespace only once the kernel has
+		// cleaned the namespace up, later; deleting it is at once.
+		if linkExists(veth) {
+			if err := run("ip", "link", "del", veth); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if netnsExists(ns) {
 			if err := run("ip", "netns", "del", ns); err != nil {
 				errs = append(errs, err)

@@ -108,7 +108,7 @@ func (cfg *Config) underlay() error {
 	if err := run("ip", "link", "set", cfg.bridge(), "up"); err != nil {
 		return err
 	}
-	return cfg.netnsOnBridge(cfg.outsideNetns(), trim(cfg.Name, 9)+"oh", cfg.host(250))
+	return cfg.netnsOnBridge(cfg.outsideNetns(), cfg.outsideVeth(), cfg.host(250))
 }
 
 func (cfg *Config) netnsOnBridge(ns, veth, ip string) error {
@@ -141,7 +141,7 @@ func (cfg *Config) netnsOnBridge(ns, veth, ip string) error {
 // there, and several clusters can share the host.
 func (cfg *Config) startServer(ctx context.Context) error {
 	ns := cfg.serverNetns()
-	if err := cfg.netnsOnBridge(ns, trim(cfg.Name, 9)+"sh", cfg.serverIP()); err != nil {
+	if err := cfg.netnsOnBridge(ns, cfg.serverVeth(), cfg.serverIP()); err != nil {
 		return err
 	}
 	ip := cfg.serverIP()

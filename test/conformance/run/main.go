@@ -46,12 +46,17 @@ func main() {
 	flag.IntVar(&o.nodes, "nodes", 3, "cluster nodes")
 	flag.DurationVar(&o.timeout, "timeout", 2*time.Hour, "limit of each ginkgo run (parallel, then serial); specs still running then are reported interrupted")
 	flag.BoolVar(&o.keep, "keep", false, "leave the last cluster up (capstan down --name conf ... removes it)")
+	renderOnly := flag.Bool("render", false, "only render conformance.md from the records already in -docs")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	if err := o.run(ctx, log); err != nil {
+	run := o.run
+	if *renderOnly {
+		run = func(context.Context, *slog.Logger) error { return render(o.docs) }
+	}
+	if err := run(ctx, log); err != nil {
 		fmt.Fprintf(os.Stderr, "conformance: %v\n", err)
 		os.Exit(1)
 	}
@@ -90,8 +95,12 @@ func (o options) run(ctx context.Context, log *slog.Logger) error {
 			return err
 		}
 		log.Info("recorded", "suite", o.suite, "mode", mode, "passed", rec.Passed, "failed", rec.Failed, "skipped", rec.Skipped)
+		// After each mode, so a run stopped later still leaves its table.
+		if err := render(o.docs); err != nil {
+			return err
+		}
 	}
-	return render(o.docs)
+	return nil
 }
 
 // runMode brings a cluster up in one mode, runs the suite on it and takes it

@@ -178,23 +178,40 @@ func killCgroup(dir string) error {
 }
 
 // removeCgroups removes a cgroup subtree (empty once its processes are
-// gone) in every hierarchy, deepest first.
+// gone) in every hierarchy, deepest first. A cgroup whose last process
+// has just exited stays busy for a moment, so it tries again for a while.
 func removeCgroups(rel string) {
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
 	roots = append(roots, "/sys/fs/cgroup")
-	for _, root := range roots {
-		dir := filepath.Join(root, rel)
-		var dirs []string
-		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
+	for try := 0; try < 50; try++ {
+		left := false
+		for _, root := range roots {
+			if !removeTree(filepath.Join(root, rel)) {
+				left = true
 			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			os.Remove(dirs[i])
 		}
+		if !left {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// removeTree removes the directories of a cgroup tree, deepest first, and
+// reports whether none is left.
+func removeTree(dir string) bool {
+	var dirs []string
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Remove(dirs[i])
+	}
+	_, err := os.Stat(dir)
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // unmountUnder detaches every mount at or below the given directories

@@ -8,15 +8,20 @@
 #include "lib/lb.h"
 
 /* sock_client identifies the client for affinity and source-hash. A bound socket knows its
- * address; an unbound one is not yet addressed, so its network namespace (one per pod) stands
- * in for the client. */
+ * address; an unbound one is not yet addressed, so its network namespace stands in: a local
+ * pod's is mapped to the pod's address (what the packet path sees of a SYN that missed this
+ * hook), any other (the node's own) keys by its cookie. */
 static __always_inline __u64 sock_client(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
+	__be32 *addr;
+	__u64 cookie;
 
 	if (sk && sk->src_ip4)
 		return bpf_ntohl(sk->src_ip4);
-	return bpf_get_netns_cookie(ctx);
+	cookie = bpf_get_netns_cookie(ctx);
+	addr = bpf_map_lookup_elem(&netns_addrs, &cookie);
+	return addr ? bpf_ntohl(*addr) : cookie;
 }
 
 static __always_inline void revnat_store(struct bpf_sock_addr *ctx, struct backend *be,
@@ -69,7 +74,7 @@ static __always_inline int sock_xlate(struct bpf_sock_addr *ctx, bool connected)
 	else
 		return 1;
 
-	s = svc_lookup(vip, vport, proto, &nodeport);
+	s = svc_lookup(vip, vport, proto, true, &nodeport);
 	if (!s)
 		return 1;
 	id = lb_select(s, sock_client(ctx), &be);

@@ -26,6 +26,9 @@ type Endpoint struct {
 	PodMAC      string       `json:"podMAC,omitempty"`
 	PodIPs      []netip.Addr `json:"podIPs"`
 	Netns       string       `json:"netns"`
+	// NetnsCookie is the kernel's cookie of the pod's network namespace (SO_NETNS_COOKIE), what
+	// the socket load balancer sees of the pod's sockets; 0 when the kernel has none.
+	NetnsCookie uint64 `json:"netnsCookie,omitempty"`
 	// From CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID) when the runtime sets them.
 	PodNamespace string `json:"podNamespace,omitempty"`
 	PodName      string `json:"podName,omitempty"`

@@ -178,6 +178,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	for _, a := range addrs {
 		ep.PodIPs = append(ep.PodIPs, a.ip)
 	}
+	if ep.NetnsCookie, err = netnsCookie(podNS); err != nil {
+		log.Warn("no netns cookie; the socket load balancer keys the pod by its netns", "err", err)
+	}
 	if err := writeEndpoint(conf.EndpointsDir, ep); err != nil {
 		return asCNIError(err)
 	}

@@ -382,9 +382,18 @@ func TestAddCheckDel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	podNS, err := ns.GetNS(pod.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie, err := netnsCookie(podNS)
+	podNS.Close()
+	if err != nil || cookie == 0 {
+		t.Fatalf("pod netns cookie %d: %v", cookie, err)
+	}
 	want := Endpoint{ContainerID: "c1", IfName: "eth0", HostIfName: hostName, HostIfIndex: host.Attrs().Index,
 		HostMAC: host.Attrs().HardwareAddr.String(), PodMAC: eth0.Attrs().HardwareAddr.String(),
-		PodIPs: []netip.Addr{ip}, Netns: pod.Path(), PodNamespace: "default", PodName: "web-c1", PodUID: "uid-c1"}
+		PodIPs: []netip.Addr{ip}, Netns: pod.Path(), NetnsCookie: cookie, PodNamespace: "default", PodName: "web-c1", PodUID: "uid-c1"}
 	if fmt.Sprint(*ep) != fmt.Sprint(want) {
 		t.Errorf("endpoint record\n got %+v\nwant %+v", *ep, want)
 	}

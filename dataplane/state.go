@@ -80,7 +80,8 @@ type Endpoint struct {
 	Addr     netip.Addr
 	Port     uint16
 	NodeName string
-	// Ready already excludes terminating endpoints (the API promises it; we enforce it).
+	// Ready is the slice's condition as is: a terminating endpoint is ready only when its
+	// Service publishes not-ready addresses.
 	Ready, Serving, Terminating bool
 }
 
@@ -90,6 +91,9 @@ type Target struct {
 	Addr   netip.Addr
 	Port   uint16
 	Usable bool
+	// Ready is a ready endpoint, not one usable only because it is the last serving and
+	// terminating one: health checks count these.
+	Ready bool
 }
 
 // ServicePort is one port of a Service with everything a backend needs to program it.
@@ -177,7 +181,7 @@ func targets(eps []Endpoint, localOnly bool, node string) []Target {
 	}
 	out := make([]Target, 0, len(usable)+len(term))
 	for _, e := range usable {
-		out = append(out, Target{Addr: e.Addr, Port: e.Port, Usable: true})
+		out = append(out, Target{Addr: e.Addr, Port: e.Port, Usable: true, Ready: e.Ready})
 	}
 	for _, e := range term {
 		if len(ready) == 0 && e.Serving {

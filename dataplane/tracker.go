@@ -397,13 +397,12 @@ func convertSlice(s *discovery.EndpointSlice) map[portKey][]Endpoint {
 			if err != nil {
 				continue
 			}
-			// Unset conditions mean ready and serving, per the EndpointSlice API.
+			// Unset conditions mean ready and serving, per the EndpointSlice API. A
+			// terminating endpoint the slice calls ready (its Service publishes not-ready
+			// addresses) is ready, as kube-proxy takes it.
 			term := e.Conditions.Terminating != nil && *e.Conditions.Terminating
-			ready := (e.Conditions.Ready == nil || *e.Conditions.Ready) && !term
-			serving := ready
-			if e.Conditions.Serving != nil {
-				serving = *e.Conditions.Serving
-			}
+			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+			serving := e.Conditions.Serving == nil || *e.Conditions.Serving
 			ep := Endpoint{Addr: addr.Unmap(), Port: uint16(*p.Port), Ready: ready, Serving: serving, Terminating: term}
 			if e.NodeName != nil {
 				ep.NodeName = *e.NodeName

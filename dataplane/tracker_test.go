@@ -81,8 +81,14 @@ func node(name string, ip string, cidr string) *v1.Node {
 	return n
 }
 
+// tgt is a ready target when usable, a terminating one otherwise.
 func tgt(addr string, usable bool) Target {
-	return Target{Addr: netip.MustParseAddr(addr), Port: 8080, Usable: usable}
+	return Target{Addr: netip.MustParseAddr(addr), Port: 8080, Usable: usable, Ready: usable}
+}
+
+// fallback is a serving, terminating target usable only because no ready one is left.
+func fallback(addr string) Target {
+	return Target{Addr: netip.MustParseAddr(addr), Port: 8080, Usable: true}
 }
 
 func httpPort(name string) ServicePortName {
@@ -136,14 +142,16 @@ func TestSnapshotTargets(t *testing.T) {
 				ep("10.244.0.3", thisNode, false, true, true),
 				ep("10.244.0.4", thisNode, false, false, true),
 			)},
-			cluster:  []Target{tgt("10.244.0.3", true), tgt("10.244.0.4", false)},
-			external: []Target{tgt("10.244.0.3", true), tgt("10.244.0.4", false)},
+			cluster:  []Target{fallback("10.244.0.3"), tgt("10.244.0.4", false)},
+			external: []Target{fallback("10.244.0.3"), tgt("10.244.0.4", false)},
 		},
 		{
-			name: "ready flag of a terminating endpoint is ignored",
+			// The endpoint slice controller calls a terminating pod ready when its Service
+			// publishes not-ready addresses; kube-proxy sends it new connections.
+			name: "a terminating endpoint the slice calls ready is ready",
 			svc:  svc("web"),
 			slices: []*discovery.EndpointSlice{slice("web-1", "web",
-				ep("10.244.0.3", thisNode, true, true, true),
+				ep("10.244.0.3", thisNode, true, false, true),
 			)},
 			cluster:  []Target{tgt("10.244.0.3", true)},
 			external: []Target{tgt("10.244.0.3", true)},
@@ -168,7 +176,7 @@ func TestSnapshotTargets(t *testing.T) {
 			slices: []*discovery.EndpointSlice{slice("web-1", "web",
 				readyEP("10.244.1.2", "node-b"), ep("10.244.0.3", thisNode, false, true, true))},
 			cluster:  []Target{tgt("10.244.1.2", true), tgt("10.244.0.3", false)},
-			external: []Target{tgt("10.244.0.3", true)},
+			external: []Target{fallback("10.244.0.3")},
 		},
 		{
 			name: "internalTrafficPolicy Local",

@@ -5,24 +5,31 @@
 #include "maglev.h"
 
 /* svc_lookup finds the service for a destination: an exact frontend first, then a NodePort
- * when the destination is one of this node's addresses. */
+ * when the destination is one of this node's addresses. internal marks traffic from this node
+ * or its pods, which takes a Local frontend's internal entry when there is one. */
 static __always_inline struct svc_val *svc_lookup(__be32 daddr, __be16 dport, __u8 proto,
-						  bool *nodeport)
+						  bool internal, bool *nodeport)
 {
 	struct svc_key k = { .addr = daddr, .port = dport, .proto = proto };
-	struct svc_val *s;
+	struct svc_val *s, *all;
 
 	*nodeport = false;
 	s = bpf_map_lookup_elem(&services, &k);
-	if (s)
-		return s;
-	if (!bpf_map_lookup_elem(&node_addrs, &daddr))
-		return NULL;
-	k.addr = 0;
-	s = bpf_map_lookup_elem(&services, &k);
-	if (s)
+	if (!s) {
+		if (!bpf_map_lookup_elem(&node_addrs, &daddr))
+			return NULL;
+		k.addr = 0;
+		s = bpf_map_lookup_elem(&services, &k);
+		if (!s)
+			return NULL;
 		*nodeport = true;
-	return s;
+	}
+	if (!internal || !(s->flags & SVC_F_LOCAL))
+		return s;
+	all = s;
+	k.scope = SVC_SCOPE_INTERNAL;
+	s = bpf_map_lookup_elem(&services, &k);
+	return s ? s : all;
 }
 
 static __always_inline __u32 slot_backend(__u32 svc_id, __u32 slot)

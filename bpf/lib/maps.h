@@ -30,7 +30,15 @@ struct svc_key {
 	__be32 addr;
 	__be16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 scope;
+};
+
+/* svc_key.scope. A frontend with externalTrafficPolicy Local has its local endpoints in the
+ * SVC_SCOPE_ALL entry and, for traffic from this node and its pods (which kube-proxy sends to
+ * any endpoint of the cluster), all of them in the SVC_SCOPE_INTERNAL entry. */
+enum {
+	SVC_SCOPE_ALL = 0,
+	SVC_SCOPE_INTERNAL = 1,
 };
 
 struct svc_val {
@@ -255,6 +263,17 @@ struct {
 	__type(value, struct endpoint_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } endpoints SEC(".maps");
+
+/* A local pod's network namespace cookie -> its IPv4 address: the socket load balancer keys
+ * affinity and source hashing of a pod's unbound sockets by the pod's address, as the packet
+ * path does, so both paths agree on a client. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __be32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} netns_addrs SEC(".maps");
 
 struct lpm4_key {
 	__u32 prefixlen;

@@ -52,7 +52,7 @@ static __always_inline int svc_forward(struct __sk_buff *skb, struct tuple *t, b
 		goto xlate;
 	}
 
-	s = svc_lookup(t->daddr, t->dport, t->proto, &nodeport);
+	s = svc_lookup(t->daddr, t->dport, t->proto, !from_node, &nodeport);
 	if (!s)
 		return TC_ACT_OK;
 	id = lb_select(s, bpf_ntohl(t->saddr), &be);
@@ -64,7 +64,10 @@ static __always_inline int svc_forward(struct __sk_buff *skb, struct tuple *t, b
 	val.backend_id = id;
 	val.svc_id = s->id;
 	val.flags = CT_F_REWRITE_DST;
-	if (from_node && !(s->flags & SVC_F_LOCAL)) {
+	/* A backend at one of this node's own addresses (a hostNetwork pod here) is reached
+	 * through this node's stack, which answers the client itself: SNAT to our address would
+	 * make the packet a martian, from a local address on the way in. */
+	if (from_node && !(s->flags & SVC_F_LOCAL) && !bpf_map_lookup_elem(&node_addrs, &be->addr)) {
 		/* Replies must come back through this node to be reverse-translated. */
 		val.src_addr = nodeport ? t->daddr : snat_fallback_addr;
 		if (val.src_addr) {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/capstan-net/capstan/dataplane/daemon"
+	"github.com/capstan-net/capstan/dataplane/proxyhealth"
 	"github.com/capstan-net/capstan/kubelet/agent"
 	"github.com/capstan-net/capstan/kubelet/images"
 )
@@ -77,7 +78,8 @@ Any kubelet flag can be set with --kubelet-arg name=value (repeatable).`,
 	f.Int("policy-endpoints", 0, "dataplane map size: pods NetworkPolicy isolates (default 4096)")
 	f.Int("policy-rules", 0, "dataplane map size: NetworkPolicy peer entries over all pods (default 65536)")
 	f.Int("policy-ports", 0, "dataplane map size: NetworkPolicy port entries (default 65536)")
-	f.String("dataplane-metrics-addr", "", "serve the dataplane's Prometheus metrics here (host:port)")
+	f.String("dataplane-metrics-addr", proxyhealth.StatusAddr, "serve the dataplane's Prometheus /metrics and kube-proxy's /proxyMode here (host:port; empty: not at all; in mode none kube-proxy keeps its default)")
+	f.String("proxy-healthz-addr", proxyhealth.HealthzAddr, "serve kube-proxy's /healthz and /livez here, in the node's network namespace (host:port; empty: not at all; in mode none kube-proxy keeps its default)")
 	return cmd
 }
 
@@ -141,6 +143,7 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 			SNATAddr:         snatAddr,
 			DefaultAlgorithm: v.GetString("lb-algorithm"),
 			MetricsAddr:      v.GetString("dataplane-metrics-addr"),
+			HealthzAddr:      v.GetString("proxy-healthz-addr"),
 			Routing:          v.GetString("routing"),
 			Mode:             v.GetString("mode"),
 			ClusterCIDR:      clusterCIDR,

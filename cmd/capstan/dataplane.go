@@ -39,6 +39,7 @@ func newDataplaneCmd() *cobra.Command {
 				MinSyncInterval:  v.GetDuration("min-sync-interval"),
 				SyncPeriod:       v.GetDuration("sync-period"),
 				MetricsAddr:      v.GetString("metrics-addr"),
+				HealthzAddr:      v.GetString("healthz-addr"),
 				Routing:          v.GetString("routing"),
 				Mode:             v.GetString("mode"),
 				EndpointsDir:     v.GetString("endpoints-dir"),
@@ -96,7 +97,8 @@ func newDataplaneCmd() *cobra.Command {
 	f.String("snat-addr", "", "source address for service traffic arriving on node devices")
 	f.Duration("min-sync-interval", 0, "least time between syncs (default 250ms in eBPF mode, 1s in iptables and none modes)")
 	f.Duration("sync-period", 0, "full resync period (default 30s)")
-	f.String("metrics-addr", "", "address to serve Prometheus /metrics on, e.g. 127.0.0.1:9964")
+	f.String("metrics-addr", "", "address to serve Prometheus /metrics and kube-proxy's /proxyMode on, e.g. 127.0.0.1:10249")
+	f.String("healthz-addr", "", "address to serve kube-proxy's /healthz and /livez on, e.g. 0.0.0.0:10256")
 	f.Int("service-entries", 0, "map size: service frontends (default 65536)")
 	f.Int("backend-entries", 0, "map size: service backends (default 65536)")
 	f.Int("connections", 0, "map size: tracked connections (default 524288)")

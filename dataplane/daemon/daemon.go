@@ -34,6 +34,7 @@ import (
 	"github.com/capstan-net/capstan/dataplane/ebpf"
 	"github.com/capstan-net/capstan/dataplane/healthcheck"
 	"github.com/capstan-net/capstan/dataplane/iptables"
+	"github.com/capstan-net/capstan/dataplane/proxyhealth"
 )
 
 // DefaultPinRoot is where nodes' pin directories live: <root>/<node>.
@@ -97,8 +98,12 @@ type Config struct {
 	// to a policy, a pod's labels or a namespace's must hold within a second.
 	PolicySyncInterval time.Duration
 
-	// MetricsAddr serves /metrics when set, e.g. "127.0.0.1:9964".
+	// MetricsAddr serves /metrics and kube-proxy's /proxyMode when set, e.g. kube-proxy's
+	// "127.0.0.1:10249".
 	MetricsAddr string
+	// HealthzAddr serves kube-proxy's /healthz and /livez in the node's network namespace
+	// when set, e.g. its "0.0.0.0:10256", where load balancers probe a node's service proxy.
+	HealthzAddr string
 	// Registry receives the metrics; nil makes a new one.
 	Registry *prometheus.Registry
 
@@ -155,6 +160,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Mode == ModeNone {
+		// The upstream kube-proxy beside us owns its own ports.
+		if c.HealthzAddr == proxyhealth.HealthzAddr {
+			c.HealthzAddr = ""
+		}
+		if c.MetricsAddr == proxyhealth.StatusAddr {
+			c.MetricsAddr = ""
+		}
 	}
 	return nil
 }
@@ -237,6 +251,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 	}
 	ebpfMode := cfg.Mode == ModeEBPF
+	if cfg.Mode != ModeNone { // the upstream kube-proxy sets them itself
+		if err := setConntrackTimeouts(cfg.Netns, log); err != nil {
+			log.Warn("set conntrack timeouts", "err", err)
+		}
+	}
 	iptCfg := iptables.Config{Netns: cfg.Netns, ClusterCIDR: cfg.ClusterCIDR, ServiceCIDR: cfg.ServiceCIDR, Masquerade: cfg.Masquerade, Logger: log}
 	if ebpfMode {
 		// A node that ran in iptables or none mode leaves no rules behind, and no
@@ -363,7 +382,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		backend = dataplane.Backends{withoutServices{ipt}}
 	}
-	runner, err = dataplane.NewRunner("dataplane", dataplane.SyncFunc(backend, tracker.Snapshot, metrics, cfg.Clock, log),
+	health := proxyhealth.New(cfg.Clock, 2*time.Minute)
+	syncFn := dataplane.SyncFunc(backend, tracker.Snapshot, metrics, cfg.Clock, log)
+	runner, err = dataplane.NewRunner("dataplane", func(ctx context.Context) error {
+		health.Queued()
+		if err := syncFn(ctx); err != nil {
+			return err
+		}
+		health.Updated()
+		return nil
+	},
 		dataplane.RunnerConfig{
 			MinInterval: cfg.MinSyncInterval,
 			MaxInterval: cfg.SyncPeriod,
@@ -375,9 +403,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 
 	if cfg.MetricsAddr != "" {
-		stop, err := serveMetrics(cfg.MetricsAddr, cfg.Registry, log)
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+		mux.Handle("/proxyMode", proxyhealth.ModeHandler(cfg.Mode))
+		stop, err := serve(cfg.MetricsAddr, "", mux, log)
 		if err != nil {
-			return err
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer stop()
+	}
+	if cfg.HealthzAddr != "" {
+		stop, err := serve(cfg.HealthzAddr, cfg.Netns, health, log)
+		if err != nil {
+			return fmt.Errorf("healthz: %w", err)
 		}
 		defer stop()
 	}
@@ -566,17 +604,20 @@ func (c *packetCounters) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
+// serve serves h on addr, listening in netns ("" is the daemon's own).
+func serve(addr, netns string, h http.Handler, log *slog.Logger) (stop func(), err error) {
+	var ln net.Listener
+	err = inNetns(netns, func() (err error) {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("listen for metrics: %w", err)
+		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server", "err", err)
+			log.Error("http server", "addr", addr, "err", err)
 		}
 	}()
 	return func() {

@@ -724,11 +724,19 @@ func checkLocalPolicy(t *testing.T, d *daemonRun, cs kubernetes.Interface, ns *t
 		t.Fatalf("ClusterIP backends %v, want both", got)
 	}
 
+	// Traffic from this node and its pods takes the internal entry, with every endpoint, as
+	// kube-proxy sends it to the cluster-wide endpoints.
+	internal := npKey
+	internal.Internal = true
+	if got := pinnedBackends(t, pinDir, internal); len(got) != 2 {
+		t.Fatalf("internal NodePort entry's backends %v, want both", got)
+	}
+
 	// Node addresses are where NodePorts answer; the socket load balancer translates them.
 	front := net.JoinHostPort(backendAddrs[0], strconv.Itoa(int(nodePort)))
 	for _, a := range ns.runClient(t, cgroup, "tcp", front, "4") {
-		if a[1] != backendAddrs[0] {
-			t.Errorf("NodePort of a Local service answered by %s, not the local endpoint", a[1])
+		if a[1] != backendAddrs[0] && a[1] != backendAddrs[1] {
+			t.Errorf("NodePort of a Local service answered by %s, not an endpoint", a[1])
 		}
 	}
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/capstan-net/capstan/cni"
@@ -102,7 +103,13 @@ func (w *endpointWatcher) scan() {
 // for redirect_peer) equal to the records.
 func (w *endpointWatcher) syncEndpoints(eps map[string]*cni.Endpoint) {
 	var list []ebpf.Endpoint
+	cookies := map[uint64]netip.Addr{}
 	for _, ep := range eps {
+		for _, ip := range ep.PodIPs {
+			if ip.Is4() && ep.NetnsCookie != 0 {
+				cookies[ep.NetnsCookie] = ip
+			}
+		}
 		hostMAC, err1 := net.ParseMAC(ep.HostMAC)
 		podMAC, err2 := net.ParseMAC(ep.PodMAC)
 		if err1 != nil || err2 != nil {
@@ -116,5 +123,8 @@ func (w *endpointWatcher) syncEndpoints(eps map[string]*cni.Endpoint) {
 	}
 	if err := w.dp.SetEndpoints(list); err != nil {
 		w.log.Warn("sync endpoint map", "err", err)
+	}
+	if err := w.dp.SetPodNetns(cookies); err != nil {
+		w.log.Warn("sync pod netns map", "err", err)
 	}
 }

@@ -118,10 +118,7 @@ func (p *Pinned) Services() ([]ServiceEntry, error) {
 	)
 	it := p.maps[sockMapServices].Iterate()
 	for it.Next(&sk, &sv) {
-		key := ServiceKey{Port: portHost(sk.Port), Proto: Protocol(sk.Proto)}
-		if sk.Addr != 0 {
-			key.Addr = u32Addr(sk.Addr)
-		}
+		key := serviceKey(sk)
 		e := ServiceEntry{
 			Service: Service{
 				ServiceKey:      key,

@@ -153,6 +153,44 @@ func (d *Datapath) SetEndpoints(eps []Endpoint) error {
 	return errors.Join(errs...)
 }
 
+// SetPodNetns makes the netns_addrs map equal to cookies: each local pod's network namespace
+// cookie with the pod's IPv4 address, so the socket load balancer keys a pod's unbound sockets
+// by its address (affinity, source hashing) as the packet path does.
+func (d *Datapath) SetPodNetns(cookies map[uint64]netip.Addr) error {
+	for c, ip := range cookies {
+		if !ip.Is4() || c == 0 {
+			return fmt.Errorf("pod netns %d: address %s: want a cookie and an IPv4 address", c, ip)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var (
+		k    uint64
+		v    uint32
+		errs []error
+		have = map[uint64]uint32{}
+	)
+	for it := d.sock.NetnsAddrs.Iterate(); it.Next(&k, &v); {
+		have[k] = v
+	}
+	for c, a := range have {
+		if ip, ok := cookies[c]; !ok || addrU32(ip) != a {
+			if err := d.del(d.sock.NetnsAddrs, c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("delete pod netns %d: %w", c, err))
+			}
+		}
+	}
+	for c, ip := range cookies {
+		if a, ok := have[c]; ok && a == addrU32(ip) {
+			continue
+		}
+		if err := d.put(d.sock.NetnsAddrs, c, addrU32(ip)); err != nil {
+			errs = append(errs, fmt.Errorf("write pod netns %d: %w", c, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func readEndpoints(m *ebpf.Map) ([]Endpoint, error) {
 	var (
 		k   uint32

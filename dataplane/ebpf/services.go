@@ -23,6 +23,8 @@ const (
 	svcFlagLocal    = 1 << 0
 	svcFlagAffinity = 1 << 1
 	beFlagTerm      = 1 << 0
+	// svc_key.scope.
+	svcScopeInternal = 1
 )
 
 // maxMembers bounds a service's backends: slot counts are 16-bit in svc_val.
@@ -93,7 +95,20 @@ func svcMapKey(k ServiceKey) svcKey {
 	if !k.NodePort() {
 		addr = addrU32(k.Addr)
 	}
-	return svcKey{Addr: addr, Port: portBE(k.Port), Proto: uint8(k.Proto)}
+	key := svcKey{Addr: addr, Port: portBE(k.Port), Proto: uint8(k.Proto)}
+	if k.Internal {
+		key.Scope = svcScopeInternal
+	}
+	return key
+}
+
+// serviceKey is svcMapKey's inverse.
+func serviceKey(sk svcKey) ServiceKey {
+	key := ServiceKey{Port: portHost(sk.Port), Proto: Protocol(sk.Proto), Internal: sk.Scope == svcScopeInternal}
+	if sk.Addr != 0 {
+		key.Addr = u32Addr(sk.Addr)
+	}
+	return key
 }
 
 func validateService(s Service, backends []Backend) error {
@@ -582,10 +597,7 @@ func (d *Datapath) restore() error {
 	)
 	sit := d.sock.Services.Iterate()
 	for sit.Next(&sk, &sv) {
-		key := ServiceKey{Port: portHost(sk.Port), Proto: Protocol(sk.Proto)}
-		if sk.Addr != 0 {
-			key.Addr = u32Addr(sk.Addr)
-		}
+		key := serviceKey(sk)
 		st := &serviceState{id: sv.Id, svc: Service{
 			ServiceKey:      key,
 			Algorithm:       Algorithm(sv.Algo),

@@ -155,7 +155,7 @@ type sockSvcKey struct {
 	Addr  uint32
 	Port  uint16
 	Proto uint8
-	Pad   uint8
+	Scope uint8
 }
 
 type sockSvcVal struct {
@@ -179,6 +179,7 @@ const (
 	sockMapCt4                = "ct4"
 	sockMapEndpoints          = "endpoints"
 	sockMapMaglevTables       = "maglev_tables"
+	sockMapNetnsAddrs         = "netns_addrs"
 	sockMapNodeAddrs          = "node_addrs"
 	sockMapPeerNodes          = "peer_nodes"
 	sockMapPolicyCounts       = "policy_counts"
@@ -281,6 +282,7 @@ type sockMapSpecs struct {
 	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	NetnsAddrs    *ebpf.MapSpec `ebpf:"netns_addrs"`
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	PeerNodes     *ebpf.MapSpec `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
@@ -351,6 +353,7 @@ type sockMaps struct {
 	Ct4           *ebpf.Map `ebpf:"ct4"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	NetnsAddrs    *ebpf.Map `ebpf:"netns_addrs"`
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	PeerNodes     *ebpf.Map `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
@@ -380,6 +383,7 @@ func (m *sockMaps) Close() error {
 		m.Ct4,
 		m.Endpoints,
 		m.MaglevTables,
+		m.NetnsAddrs,
 		m.NodeAddrs,
 		m.PeerNodes,
 		m.PolicyCounts,

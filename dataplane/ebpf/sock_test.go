@@ -370,3 +370,47 @@ func TestSockSourceHashSticks(t *testing.T) {
 		}
 	}
 }
+
+// A pod's unbound socket and its packets are one client to session affinity: the socket path
+// keys the pod's netns by the address netns_addrs gives it, which is what the packet path sees
+// (a SYN that missed the socket hook, sent before the service was programmed).
+func TestSockAffinityKeysPodByAddress(t *testing.T) {
+	ifindex := enterTestNetns(t)
+	d := newTestDatapath(t, testConfig())
+	enterTestCgroup(t, d)
+	bs := loBackends(5)
+	front := netip.AddrPortFrom(vip, 9000)
+	mustUpsert(t, d, Service{ServiceKey: ServiceKey{Addr: vip, Port: 9000, Proto: UDP}, AffinityTimeout: time.Hour}, bs...)
+
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	unix.Close(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		pod := netip.AddrFrom4([4]byte{10, 244, 0, byte(50 + i)})
+		if err := d.SetPodNetns(map[uint64]netip.Addr{cookie: pod}); err != nil {
+			t.Fatal(err)
+		}
+		_, out := run(t, d, "pod-in", ifindex, packet{src: netip.AddrPortFrom(pod, 7000), dst: front, proto: UDP})
+		for range 10 {
+			fd, b := udpConnect(t, d, front, bs)
+			unix.Close(fd)
+			if netip.AddrPortFrom(b.Addr, b.Port) != out.dst {
+				t.Fatalf("pod %s: socket went to %s:%d, its packet to %s", pod, b.Addr, b.Port, out.dst)
+			}
+		}
+	}
+	if err := d.SetPodNetns(nil); err != nil {
+		t.Fatal(err)
+	}
+	var k uint64
+	var v uint32
+	if it := d.sock.NetnsAddrs.Iterate(); it.Next(&k, &v) {
+		t.Fatalf("netns_addrs still holds %d after an empty set", k)
+	}
+}

@@ -62,6 +62,14 @@ func frontends(st *dataplane.State) (map[ServiceKey]frontend, []error) {
 		}
 		out[key] = f
 	}
+	// external adds an external frontend; a Local one gets its internal entry too.
+	external := func(sp *dataplane.ServicePort, key ServiceKey) {
+		add(sp, key, sp.ExternalPolicyLocal, sp.ExternalTargets)
+		if sp.ExternalPolicyLocal {
+			key.Internal = true
+			add(sp, key, false, sp.ClusterTargets)
+		}
+	}
 	for _, sp := range st.Services {
 		proto, ok := protocol(sp.Protocol)
 		if !ok {
@@ -74,11 +82,11 @@ func frontends(st *dataplane.State) (map[ServiceKey]frontend, []error) {
 		}
 		for _, ip := range slices.Concat(sp.ExternalIPs, sp.LoadBalancerIPs) {
 			if ip.Is4() {
-				add(sp, ServiceKey{Addr: ip, Port: sp.Port, Proto: proto}, sp.ExternalPolicyLocal, sp.ExternalTargets)
+				external(sp, ServiceKey{Addr: ip, Port: sp.Port, Proto: proto})
 			}
 		}
 		if sp.NodePort != 0 {
-			add(sp, ServiceKey{Port: sp.NodePort, Proto: proto}, sp.ExternalPolicyLocal, sp.ExternalTargets)
+			external(sp, ServiceKey{Port: sp.NodePort, Proto: proto})
 		}
 	}
 	return out, conflicts
@@ -154,5 +162,19 @@ func compareKeys(a, b ServiceKey) int {
 	if a.Port != b.Port {
 		return int(a.Port) - int(b.Port)
 	}
-	return int(a.Proto) - int(b.Proto)
+	if a.Proto != b.Proto {
+		return int(a.Proto) - int(b.Proto)
+	}
+	// A Local frontend's internal entry right after it.
+	return cmpBool(a.Internal, b.Internal)
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }

@@ -202,6 +202,54 @@ func TestNodePortExternalLocal(t *testing.T) {
 	}
 }
 
+// A Local NodePort whose only endpoint is on another node: traffic from outside finds no
+// local endpoint, a pod of this node reaches the remote one through the internal entry.
+func TestNodePortExternalLocalInternalEntry(t *testing.T) {
+	ifindex := enterTestNetns(t)
+	d := newTestDatapath(t, testConfig())
+	if err := d.SetNodeAddrs([]netip.Addr{nodeIP}); err != nil {
+		t.Fatal(err)
+	}
+	key := ServiceKey{Port: 30082, Proto: UDP}
+	mustUpsert(t, d, Service{ServiceKey: key, ExternalLocal: true})
+	key.Internal = true
+	mustUpsert(t, d, Service{ServiceKey: key}, be2)
+
+	front := netip.AddrPortFrom(nodeIP, 30082)
+	ret, out := run(t, d, "node-in", ifindex, packet{src: netip.AddrPortFrom(extClient, 6000), dst: front, proto: UDP})
+	if out.dst == netip.AddrPortFrom(be2.Addr, be2.Port) {
+		t.Fatalf("outside client sent to the remote endpoint (verdict %d)", ret)
+	}
+	_, out = run(t, d, "pod-in", ifindex, packet{src: netip.AddrPortFrom(clientIP, 6001), dst: front, proto: UDP})
+	if out.dst != netip.AddrPortFrom(be2.Addr, be2.Port) || out.src.Addr() != clientIP {
+		t.Fatalf("pod's datagram went %s -> %s, want from the pod to the remote endpoint", out.src, out.dst)
+	}
+}
+
+// A NodePort whose endpoint is a hostNetwork pod of this node: the packet goes up this node's
+// stack unSNATed (from our own address it would be a martian), and the reply leaving the node
+// device is translated back.
+func TestNodePortToThisNodesAddress(t *testing.T) {
+	ifindex := enterTestNetns(t)
+	d := newTestDatapath(t, testConfig())
+	if err := d.SetNodeAddrs([]netip.Addr{nodeIP}); err != nil {
+		t.Fatal(err)
+	}
+	host := Backend{Addr: nodeIP, Port: 9080}
+	mustUpsert(t, d, Service{ServiceKey: ServiceKey{Port: 30083, Proto: TCP}}, host)
+
+	client := netip.AddrPortFrom(extClient, 6002)
+	front := netip.AddrPortFrom(nodeIP, 30083)
+	ret, out := run(t, d, "node-in", ifindex, packet{src: client, dst: front, proto: TCP, tcpFlags: tcpSYN})
+	if ret != tcActOK || out.src != client || out.dst != netip.AddrPortFrom(host.Addr, host.Port) {
+		t.Fatalf("verdict %d, %s -> %s; want to the stack from the client to %s:%d", ret, out.src, out.dst, host.Addr, host.Port)
+	}
+	_, out = run(t, d, "node-out", ifindex, packet{src: out.dst, dst: client, proto: TCP, tcpFlags: tcpSYN | tcpACK})
+	if out.src != front || out.dst != client {
+		t.Fatalf("reply %s -> %s, want %s -> %s", out.src, out.dst, front, client)
+	}
+}
+
 func TestNoEndpointsReject(t *testing.T) {
 	ifindex := enterTestNetns(t)
 	d := newTestDatapath(t, testConfig())

@@ -22,6 +22,7 @@ const (
 	tcNodeMapCt4                = "ct4"
 	tcNodeMapEndpoints          = "endpoints"
 	tcNodeMapMaglevTables       = "maglev_tables"
+	tcNodeMapNetnsAddrs         = "netns_addrs"
 	tcNodeMapNodeAddrs          = "node_addrs"
 	tcNodeMapPeerNodes          = "peer_nodes"
 	tcNodeMapPolicyCounts       = "policy_counts"
@@ -124,6 +125,7 @@ type tcNodeMapSpecs struct {
 	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	NetnsAddrs    *ebpf.MapSpec `ebpf:"netns_addrs"`
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	PeerNodes     *ebpf.MapSpec `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
@@ -194,6 +196,7 @@ type tcNodeMaps struct {
 	Ct4           *ebpf.Map `ebpf:"ct4"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	NetnsAddrs    *ebpf.Map `ebpf:"netns_addrs"`
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	PeerNodes     *ebpf.Map `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
@@ -223,6 +226,7 @@ func (m *tcNodeMaps) Close() error {
 		m.Ct4,
 		m.Endpoints,
 		m.MaglevTables,
+		m.NetnsAddrs,
 		m.NodeAddrs,
 		m.PeerNodes,
 		m.PolicyCounts,

@@ -22,6 +22,7 @@ const (
 	tcPodMapCt4                = "ct4"
 	tcPodMapEndpoints          = "endpoints"
 	tcPodMapMaglevTables       = "maglev_tables"
+	tcPodMapNetnsAddrs         = "netns_addrs"
 	tcPodMapNodeAddrs          = "node_addrs"
 	tcPodMapPeerNodes          = "peer_nodes"
 	tcPodMapPolicyCounts       = "policy_counts"
@@ -118,6 +119,7 @@ type tcPodMapSpecs struct {
 	Ct4           *ebpf.MapSpec `ebpf:"ct4"`
 	Endpoints     *ebpf.MapSpec `ebpf:"endpoints"`
 	MaglevTables  *ebpf.MapSpec `ebpf:"maglev_tables"`
+	NetnsAddrs    *ebpf.MapSpec `ebpf:"netns_addrs"`
 	NodeAddrs     *ebpf.MapSpec `ebpf:"node_addrs"`
 	PeerNodes     *ebpf.MapSpec `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.MapSpec `ebpf:"policy_counts"`
@@ -188,6 +190,7 @@ type tcPodMaps struct {
 	Ct4           *ebpf.Map `ebpf:"ct4"`
 	Endpoints     *ebpf.Map `ebpf:"endpoints"`
 	MaglevTables  *ebpf.Map `ebpf:"maglev_tables"`
+	NetnsAddrs    *ebpf.Map `ebpf:"netns_addrs"`
 	NodeAddrs     *ebpf.Map `ebpf:"node_addrs"`
 	PeerNodes     *ebpf.Map `ebpf:"peer_nodes"`
 	PolicyCounts  *ebpf.Map `ebpf:"policy_counts"`
@@ -217,6 +220,7 @@ func (m *tcPodMaps) Close() error {
 		m.Ct4,
 		m.Endpoints,
 		m.MaglevTables,
+		m.NetnsAddrs,
 		m.NodeAddrs,
 		m.PeerNodes,
 		m.PolicyCounts,

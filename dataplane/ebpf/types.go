@@ -72,16 +72,24 @@ type ServiceKey struct {
 	Addr  netip.Addr
 	Port  uint16
 	Proto Protocol
+	// Internal marks the second entry of an ExternalLocal frontend: the one traffic from this
+	// node and its pods takes, with every endpoint of the cluster, as kube-proxy sends such
+	// traffic to the service's cluster-wide endpoints (its "short circuit").
+	Internal bool
 }
 
 // NodePort reports whether k is a NodePort frontend.
 func (k ServiceKey) NodePort() bool { return !k.Addr.IsValid() || k.Addr.IsUnspecified() }
 
 func (k ServiceKey) String() string {
-	if k.NodePort() {
-		return fmt.Sprintf("nodeport:%d/%s", k.Port, k.Proto)
+	scope := ""
+	if k.Internal {
+		scope = "/internal"
 	}
-	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
+	if k.NodePort() {
+		return fmt.Sprintf("nodeport:%d/%s%s", k.Port, k.Proto, scope)
+	}
+	return fmt.Sprintf("%s/%s%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto, scope)
 }
 
 // Service is one frontend and how it balances.

@@ -74,10 +74,11 @@ func (s *Server) Sync(ctx context.Context, st *dataplane.State) error {
 			want[p] = &status{svc: sp.Name.NamespacedName}
 			local[p] = make(map[string]bool)
 		}
-		// External targets of a Local service are this node's endpoints; count pods, not
-		// ports, across the service's ports.
+		// External targets of a Local service are this node's endpoints; count ready pods,
+		// not ports, across the service's ports. Terminating ones still take traffic when
+		// no other is left, but a load balancer should stop sending it here.
 		for _, t := range sp.ExternalTargets {
-			if t.Usable {
+			if t.Ready {
 				local[p][t.Addr.String()] = true
 			}
 		}

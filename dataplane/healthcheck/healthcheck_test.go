@@ -57,10 +57,11 @@ func hcState(local ...string) *dataplane.State {
 			HealthCheckNodePort: 31000, ExternalPolicyLocal: true,
 		}
 		for _, a := range local {
-			s.ExternalTargets = append(s.ExternalTargets, dataplane.Target{Addr: netip.MustParseAddr(a), Port: 8080, Usable: true})
+			s.ExternalTargets = append(s.ExternalTargets, dataplane.Target{Addr: netip.MustParseAddr(a), Port: 8080, Usable: true, Ready: true})
 		}
-		// A terminating endpoint is not one to send new traffic to.
-		s.ExternalTargets = append(s.ExternalTargets, dataplane.Target{Addr: netip.MustParseAddr("10.244.0.99"), Port: 8080})
+		// A terminating endpoint does not count, even one still taking traffic because no
+		// ready one is left.
+		s.ExternalTargets = append(s.ExternalTargets, dataplane.Target{Addr: netip.MustParseAddr("10.244.0.99"), Port: 8080, Usable: len(local) == 0})
 		return s
 	}
 	return &dataplane.State{Services: []*dataplane.ServicePort{sp("http"), sp("https")}}

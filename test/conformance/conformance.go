@@ -41,9 +41,13 @@ type Run struct {
 	Name       string // names the report: <Dir>/<Name>.json
 	Focus      string
 	Skip       string
-	Procs      int           // above 1, specs run in parallel processes
-	Timeout    time.Duration // the whole run
-	Output     io.Writer     // ginkgo's progress; nil discards it
+	Procs      int // above 1, specs run in parallel processes
+	// Nodes is the cluster's node count. The framework counts the nodes
+	// itself only in the first parallel process; in the others, specs that
+	// need several nodes would skip.
+	Nodes   int
+	Timeout time.Duration // the whole run
+	Output  io.Writer     // ginkgo's progress; nil discards it
 }
 
 // Args is the ginkgo command line.
@@ -56,12 +60,16 @@ func (r Run) Args() []string {
 	if r.Procs > 1 {
 		args = append(args, "--procs="+strconv.Itoa(r.Procs))
 	}
-	return append(args, r.E2ETest, "--",
+	args = append(args, r.E2ETest, "--",
 		"--kubeconfig="+r.Kubeconfig, "--provider=skeleton", "--kubectl-path="+r.Kubectl,
 		"--report-dir="+filepath.Join(r.Dir, r.Name), "--e2e-output-dir="+filepath.Join(r.Dir, r.Name),
 		// The report keeps a failure's message; a dump of every
 		// namespace's events would bury it in the output.
 		"--dump-logs-on-failure=false")
+	if r.Nodes > 0 {
+		args = append(args, "--num-nodes="+strconv.Itoa(r.Nodes))
+	}
+	return args
 }
 
 // Exec runs the specs and returns their results. A run whose specs fail is

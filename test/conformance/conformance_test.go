@@ -83,9 +83,9 @@ func TestReadReportErrors(t *testing.T) {
 
 func TestRunArgs(t *testing.T) {
 	r := Run{E2ETest: "/b/e2e.test", Kubeconfig: "/k", Kubectl: "/kubectl", Dir: "/d", Name: "parallel",
-		Focus: FocusConformance, Skip: Serial, Procs: 4, Timeout: time.Hour}
+		Focus: FocusConformance, Skip: Serial, Procs: 4, Nodes: 3, Timeout: time.Hour}
 	args := strings.Join(r.Args(), " ")
-	for _, want := range []string{"--procs=4", "--json-report=parallel.json", "--output-dir=/d", `--skip=\[Serial\]`,
+	for _, want := range []string{"--procs=4", "--num-nodes=3", "--json-report=parallel.json", "--output-dir=/d", `--skip=\[Serial\]`,
 		"/b/e2e.test -- --kubeconfig=/k", "--kubectl-path=/kubectl", "--timeout=1h0m0s"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %q", args, want)

@@ -31,7 +31,7 @@ func upstreamScenarios() []scenario {
 			res, err := conformance.Run{
 				Ginkgo: filepath.Join(bin, "ginkgo"), E2ETest: filepath.Join(bin, "e2e.test"),
 				Kubeconfig: e.kubeconfig, Kubectl: kubectl, Dir: dir, Name: "sig-network",
-				Focus: conformance.FocusNetworkConformance, Skip: conformance.Serial, Procs: 4,
+				Focus: conformance.FocusNetworkConformance, Skip: conformance.Serial, Procs: 4, Nodes: len(e.nodes),
 				Timeout: 20 * time.Minute, Output: &out,
 			}.Exec(context.Background())
 			if err != nil {

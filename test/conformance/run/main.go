@@ -149,7 +149,7 @@ func (o options) runSuite(ctx context.Context, cfg cluster.Config, work string) 
 	r := conformance.Run{
 		Ginkgo: filepath.Join(o.bin, "ginkgo"), E2ETest: filepath.Join(o.bin, "e2e.test"),
 		Kubeconfig: cluster.Kubeconfig(cfg.DataDir), Kubectl: kubectl, Dir: reports,
-		Name: "parallel", Focus: focus, Skip: join(skip, conformance.Serial), Procs: o.procs, Timeout: o.timeout, Output: os.Stdout,
+		Name: "parallel", Focus: focus, Skip: join(skip, conformance.Serial), Procs: o.procs, Nodes: o.nodes, Timeout: o.timeout, Output: os.Stdout,
 	}
 	res, err := r.Exec(ctx)
 	if err != nil {

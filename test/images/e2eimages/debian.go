@@ -21,7 +21,48 @@ import (
 type Debian struct {
 	// Cache is the directory the .debs are downloaded into.
 	Cache string
+	// Suite, when set, takes the packages from that suite of the Debian
+	// archive (deb.debian.org) instead of the machine's apt sources, through
+	// package lists of its own under Cache; the machine's apt is untouched.
+	Suite string
 	Log   *slog.Logger
+	// opts are aptOptions, set by Unpack.
+	opts []string
+}
+
+// archiveURL is the Debian archive a Suite is taken from.
+const archiveURL = "http://deb.debian.org/debian"
+
+// aptOptions point apt at the Suite's own sources list, package lists and
+// cache, none when no Suite is set.
+func (d Debian) aptOptions() ([]string, error) {
+	if d.Suite == "" {
+		return nil, nil
+	}
+	dir, err := filepath.Abs(filepath.Join(d.Cache, "apt-"+d.Suite))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "lists", "partial"), 0o755); err != nil {
+		return nil, fmt.Errorf("apt dir for %s: %w", d.Suite, err)
+	}
+	list := filepath.Join(dir, "sources.list")
+	line := "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] " + archiveURL + " " + d.Suite + " main\n"
+	if err := os.WriteFile(list, []byte(line), 0o644); err != nil {
+		return nil, fmt.Errorf("apt sources for %s: %w", d.Suite, err)
+	}
+	// An empty dpkg status, so that what the machine has installed (its own
+	// release's version of a package) does not count as known.
+	status := filepath.Join(dir, "status")
+	if err := os.WriteFile(status, nil, 0o644); err != nil {
+		return nil, fmt.Errorf("apt status for %s: %w", d.Suite, err)
+	}
+	return []string{
+		"-o", "Dir::Etc::SourceList=" + list, "-o", "Dir::State::status=" + status, "-o", "Dir::Etc::SourceParts=/dev/null",
+		"-o", "Dir::State::Lists=" + filepath.Join(dir, "lists"), "-o", "Dir::Cache=" + dir,
+		// The lists are root's own files, which apt's _apt user may not write.
+		"-o", "APT::Sandbox::User=root",
+	}, nil
 }
 
 // debPackage is one binary package at its candidate version.
@@ -40,6 +81,11 @@ func (p debPackage) file() string {
 // extracts them all into dir, in name order. The image builder picks files
 // from dir; most of what is extracted is never used.
 func (d Debian) Unpack(ctx context.Context, roots []string, dir string) ([]debPackage, error) {
+	opts, err := d.aptOptions()
+	if err != nil {
+		return nil, err
+	}
+	d.opts = opts
 	if err := d.ensureLists(ctx, roots); err != nil {
 		return nil, err
 	}
@@ -75,7 +121,7 @@ func (d Debian) ensureLists(ctx context.Context, roots []string) error {
 	if _, err := d.run(ctx, "", "apt-cache", append([]string{"show", "--no-all-versions"}, roots...)...); err == nil {
 		return nil
 	}
-	d.Log.Info("apt does not know the packages; running apt-get update")
+	d.Log.Info("apt does not know the packages; running apt-get update", "suite", d.Suite)
 	if _, err := d.run(ctx, "", "apt-get", "update", "-qq"); err != nil {
 		return err
 	}
@@ -114,6 +160,13 @@ func (d Debian) download(ctx context.Context, pkgs []debPackage) error {
 // run runs a command in dir and returns its standard output; its error
 // carries the command line and standard error.
 func (d Debian) run(ctx context.Context, dir, name string, args ...string) (string, error) {
+	line := name + " " + strings.Join(args, " ")
+	if len(line) > 200 {
+		line = line[:200] + "..."
+	}
+	if strings.HasPrefix(name, "apt-") {
+		args = append(slices.Clone(d.opts), args...)
+	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "DEBIAN_FRONTEND=noninteractive")
@@ -121,10 +174,6 @@ func (d Debian) run(ctx context.Context, dir, name string, args ...string) (stri
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		line := name + " " + strings.Join(args, " ")
-		if len(line) > 200 {
-			line = line[:200] + "..."
-		}
 		return "", fmt.Errorf("%s: %w: %s", line, err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil

@@ -1,9 +1,34 @@
 package e2eimages
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
+
+func TestSuiteHasItsOwnSourcesAndLists(t *testing.T) {
+	cache := t.TempDir()
+	if opts, err := (Debian{Cache: cache}).aptOptions(); err != nil || opts != nil {
+		t.Fatalf("no suite: options %q, %v; want none", opts, err)
+	}
+	opts, err := Debian{Cache: cache, Suite: "trixie"}.aptOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(opts, " ")
+	dir := filepath.Join(cache, "apt-trixie")
+	for _, want := range []string{"Dir::Etc::SourceList=" + dir + "/sources.list", "Dir::Etc::SourceParts=/dev/null", "Dir::State::Lists=" + dir + "/lists"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("options %q lack %s", joined, want)
+		}
+	}
+	list, err := os.ReadFile(filepath.Join(dir, "sources.list"))
+	if err != nil || !strings.Contains(string(list), archiveURL+" trixie main") {
+		t.Errorf("sources.list = %q, %v; want the trixie suite of %s", list, err, archiveURL)
+	}
+}
 
 func TestParseDependsKeepsRealPackagesOnce(t *testing.T) {
 	out := `curl

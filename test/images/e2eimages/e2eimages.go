@@ -10,7 +10,7 @@
 // shared libraries its ELF DT_NEEDED entries name, recursively, and the
 // dynamic loader. Images share layers:
 //
-//	base       Debian's busybox-static in /bin, a symlink per applet, bash
+//	base       Debian 13's busybox-static in /bin, a symlink per applet, bash
 //	           as sh (see shellFiles); users and groups
 //	tools      curl, nc, dig, nslookup, host, ip, ss,
 //	           iperf, socat, getent, nsenter and their libraries (what
@@ -76,11 +76,17 @@ const envPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 // dependencies are downloaded with them.
 func debRoots() []string {
 	return []string{
-		"busybox-static", "bash", "curl", "netcat-openbsd", "bind9-dnsutils", "bind9-host",
+		"bash", "curl", "netcat-openbsd", "bind9-dnsutils", "bind9-host",
 		"iproute2", "iperf", "socat", "libc-bin", "util-linux", "netbase",
 		"nginx", "nginx-common", "conntrack", "iptables",
 	}
 }
+
+// busyboxSuite is the Debian release busybox-static is taken from: Debian
+// 12's (1.35) wget crashes (SIGSEGV) when given -T, the timeout the
+// Services specs' serve-hostname checks pass it; 1.37 of Debian 13 does not.
+// The package is static, so it mixes with Debian 12's others.
+const busyboxSuite = "trixie"
 
 // toolsFiles are what agnhost's tests run inside it, from Debian; upstream
 // installs them with apk (bind-tools curl netcat-openbsd iproute2 iperf
@@ -192,6 +198,10 @@ func Build(ctx context.Context, opts Options, w io.Writer) ([]string, error) {
 	defer os.RemoveAll(dir)
 	deb := Debian{Cache: opts.Debs, Log: opts.Log}
 	if _, err := deb.Unpack(ctx, debRoots(), dir); err != nil {
+		return nil, err
+	}
+	bb := Debian{Cache: opts.Debs, Suite: busyboxSuite, Log: opts.Log}
+	if _, err := bb.Unpack(ctx, []string{"busybox-static"}, dir); err != nil {
 		return nil, err
 	}
 	root, ok := os.DirFS(dir).(fs.ReadLinkFS)

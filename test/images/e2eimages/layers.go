@@ -183,13 +183,17 @@ func byteSize(n int) string {
 	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
 
+// busyboxPath is where busybox-static installs busybox (Debian 13 puts
+// programs under /usr).
+const busyboxPath = "usr/bin/busybox"
+
 // layers builds every layer of the catalog.
 func (s *staging) layers(ctx context.Context, dir, triplet string, opts Options) (builtLayers, error) {
-	busybox, err := fs.ReadFile(s.root, "bin/busybox")
+	busybox, err := fs.ReadFile(s.root, busyboxPath)
 	if err != nil {
 		return nil, fmt.Errorf("busybox-static: %w", err)
 	}
-	applets, err := busyboxApplets(ctx, filepath.Join(dir, "bin/busybox"))
+	applets, err := busyboxApplets(ctx, filepath.Join(dir, busyboxPath))
 	if err != nil {
 		return nil, err
 	}

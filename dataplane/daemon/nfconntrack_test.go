@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/capstan-net/capstan/dataplane/proxyhealth"
 	"github.com/capstan-net/capstan/internal/netnstest"
 )
 
@@ -32,5 +33,26 @@ func TestConntrackTimeoutsInTheNodeNetnsOnly(t *testing.T) {
 	}
 	if h := read(); h != hostBefore {
 		t.Errorf("host's close_wait timeout changed from %s to %s", hostBefore, h)
+	}
+}
+
+// In mode none the upstream kube-proxy runs beside the daemon and owns its ports.
+func TestModeNoneLeavesKubeProxyPorts(t *testing.T) {
+	for _, tc := range []struct {
+		mode, healthz, metrics   string
+		wantHealthz, wantMetrics string
+	}{
+		{ModeNone, proxyhealth.HealthzAddr, proxyhealth.StatusAddr, "", ""},
+		{ModeNone, "0.0.0.0:9876", "127.0.0.1:9964", "0.0.0.0:9876", "127.0.0.1:9964"},
+		{ModeEBPF, proxyhealth.HealthzAddr, proxyhealth.StatusAddr, proxyhealth.HealthzAddr, proxyhealth.StatusAddr},
+	} {
+		c := Config{NodeName: "n", Kubeconfig: "k", Mode: tc.mode, HealthzAddr: tc.healthz, MetricsAddr: tc.metrics}
+		if err := c.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		if c.HealthzAddr != tc.wantHealthz || c.MetricsAddr != tc.wantMetrics {
+			t.Errorf("mode %s with %q, %q: serves %q, %q; want %q, %q", tc.mode, tc.healthz, tc.metrics,
+				c.HealthzAddr, c.MetricsAddr, tc.wantHealthz, tc.wantMetrics)
+		}
 	}
 }

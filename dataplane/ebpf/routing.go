@@ -170,8 +170,12 @@ func (d *Datapath) SetPodNetns(cookies map[uint64]netip.Addr) error {
 		errs []error
 		have = map[uint64]uint32{}
 	)
-	for it := d.sock.NetnsAddrs.Iterate(); it.Next(&k, &v); {
+	it := d.sock.NetnsAddrs.Iterate()
+	for it.Next(&k, &v) {
 		have[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pod netns map: %w", err)
 	}
 	for c, a := range have {
 		if ip, ok := cookies[c]; !ok || addrU32(ip) != a {

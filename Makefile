@@ -6,12 +6,15 @@ GOFLAGS  ?=
 export GOFLAGS
 # The embedded kubectl reports this version (it must parse as semver).
 KUBE_VERSION := v1.37.2
+# Capstan's version: the chart's appVersion, which names the node image.
+VERSION  := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*/\1/p' deploy/helm/capstan/Chart.yaml)
+IMAGE    := capstan.local/capstan:$(VERSION)
 LDFLAGS  := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMajor=1 \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build e2e netpol test test-unit generate generate-check lint demo bench clean images e2e-tools e2e-images kube-proxy conformance sig-network vagrant-check vagrant-netpol
+.PHONY: all build node-image helm manifests chart-check e2e netpol test test-unit generate generate-check lint demo bench clean images e2e-tools e2e-images kube-proxy conformance sig-network vagrant-check vagrant-netpol
 
 all: build
 
@@ -28,10 +31,30 @@ build:
 	./tools/coredns/build.sh $(abspath $(dir $(CAPSTAN)))
 	./tools/portmap/build.sh $(abspath $(dir $(CAPSTAN)))
 
-# The test images (capstan.local/echo:1.0, capstan.local/busybox:1.0) as one OCI
-# archive; needs busybox-static. Load: capstan images import bin/images/capstan-test-images.tar
-images:
+# The node daemon's image, capstan.local/capstan:$(VERSION), which the Helm
+# chart deploys (capstan, capstan-cni, portmap, iptables; Debian's packages
+# are cached in bin/debs), and the test images (capstan.local/echo:1.0,
+# capstan.local/busybox:1.0; needs busybox-static). Load: capstan images
+# import bin/images/capstan.tar, or capstan up --images.
+images: node-image
 	$(GO) run ./test/images/build -o $(BIN)/images/capstan-test-images.tar
+
+node-image: build
+	$(GO) run ./test/images/nodeimage -ref $(IMAGE) -bin $(BIN) -debs $(BIN)/debs -o $(BIN)/images/capstan.tar
+
+# The upstream Helm CLI (tools/helm), for the chart's tests.
+helm:
+	./tools/helm/build.sh $(BIN)
+
+# The chart: helm lint, its schema refusing bad values, the manifest current.
+chart-check:
+	@test -x $(BIN)/helm || $(MAKE) helm
+	./deploy/helm/check.sh $(BIN)/helm
+
+# deploy/kubernetes/capstan.yaml, the chart rendered with its defaults.
+manifests:
+	@test -x $(BIN)/helm || $(MAKE) helm
+	./deploy/kubernetes/render.sh $(BIN)/helm
 
 # The upstream e2e suite (tools/e2e, its own module): e2e.test, ginkgo, and
 # the programs of its test images (agnhost, nnp, regression-issue-74839,
@@ -71,7 +94,7 @@ sig-network: build e2e-tools e2e-images kube-proxy
 # Everything: lint, the Vagrant setup's checks, regenerate BPF objects (must
 # match the committed ones), unit and integration tests, then the end-to-end
 # and NetworkPolicy suites.
-test: lint vagrant-check generate-check test-unit e2e netpol
+test: lint vagrant-check generate-check chart-check test-unit e2e netpol
 
 # Tests that need a control plane or a containerd run the binaries make
 # build leaves in bin/.
@@ -82,8 +105,8 @@ test-unit: build
 # native/iptables) and a table of scenarios, the upstream [sig-network]
 # [Conformance] specs among them on the full (native/eBPF) cluster; the whole log is in bin/e2e.log,
 # and a failure prints its details. CAPSTAN_E2E_CASES=native/ebpf runs one cluster.
-e2e: build e2e-tools e2e-images
-	@mkdir -p $(BIN); $(GO) test -tags e2e -count=1 -v -timeout 40m -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
+e2e: build e2e-tools e2e-images node-image helm
+	@mkdir -p $(BIN); CAPSTAN_BIN_DIR=$(abspath $(BIN)) $(GO) test -tags e2e -count=1 -v -timeout 40m -run TestE2E ./test/e2e/ >$(BIN)/e2e.log 2>&1; rc=$$?; \
 	  grep -A100 -E '^\s+CLUSTER +SCENARIO' $(BIN)/e2e.log | grep -E '^\s+(CLUSTER|[a-z]+/[a-z]+) '; \
 	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/e2e.log)"; grep -B2 -A40 -E '^\s+[a-z_]+_test\.go:[0-9]+: ' $(BIN)/e2e.log | head -300; fi; \
 	  tail -3 $(BIN)/e2e.log; exit $$rc

@@ -33,6 +33,11 @@ type Config struct {
 	// none with the upstream kube-proxy at KubeProxy running in every node.
 	Mode      string
 	KubeProxy string
+	// Network is the nodes' pod network: "capstan" (the default: each
+	// agent runs the dataplane) or "none" (no pod network and no Service
+	// proxy, nodes NotReady, as a kubeadm cluster before its CNI; Capstan's
+	// Helm chart installs one).
+	Network string
 	// ServerArgs and AgentArgs are extra `capstan server` and `capstan
 	// agent` flags (tests shorten the node monitor grace period with them).
 	ServerArgs []string
@@ -98,6 +103,17 @@ func (c *Config) setDefaults() error {
 	case c.KubeProxy != "" && c.Mode != "none":
 		return fmt.Errorf("--kube-proxy needs --mode none (the node would run two service proxies)")
 	}
+	switch c.Network {
+	case "":
+		c.Network = "capstan"
+	case "capstan":
+	case "none":
+		if c.KubeProxy != "" {
+			return errors.New("--network none brings no Service proxy: drop --kube-proxy")
+		}
+	default:
+		return fmt.Errorf("--network %q: want capstan or none", c.Network)
+	}
 	if !c.Subnet.IsValid() {
 		c.Subnet = netip.MustParsePrefix(DefaultSubnet)
 	}
@@ -148,6 +164,12 @@ func (c *Config) netns(node string) string {
 	return c.Name + "-" + node
 }
 func (c *Config) hostVeth(i int) string { return fmt.Sprintf("%s%dh", trim(c.Name, 9), i+1) }
+
+// CNIConfDir and CNIBinDir are a node's CNI directories: its own, since
+// the nodes share the host's filesystem (a network installed on the
+// cluster writes there; Capstan's chart takes paths with $(NODE_NAME)).
+func CNIConfDir(dataDir, node string) string { return filepath.Join(dataDir, "nodes", node, "cni") }
+func CNIBinDir(dataDir, node string) string  { return filepath.Join(dataDir, "nodes", node, "cni-bin") }
 
 // Kubeconfig is where Up writes the cluster's admin kubeconfig.
 func Kubeconfig(dataDir string) string { return filepath.Join(dataDir, "cluster", "kubeconfig") }

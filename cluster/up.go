@@ -73,6 +73,11 @@ func (cfg *Config) plan() (*State, error) {
 	if err := bpffs.Ensure(bpffs.Root); err != nil {
 		return nil, err
 	}
+	// A network installed on the cluster mounts bpffs from a pod, which
+	// needs the mount shared, as on a systemd host.
+	if err := bpffs.Share(bpffs.Root); err != nil {
+		return nil, err
+	}
 	for i := 0; i < cfg.Nodes; i++ {
 		st.Nodes = append(st.Nodes, cfg.nodeName(i))
 	}
@@ -199,12 +204,17 @@ func (cfg *Config) startAgent(i int, node string) error {
 		"--ca-file", filepath.Join(cfg.serverDir(), "pki", "ca.crt"),
 		"--node-name", node, "--node-ip", cfg.nodeIP(i), "--cgroup-root", nodeCgroup(node),
 		"--data-dir", cfg.DataDir, "--run-dir", cfg.RunDir,
-		"--cni-conf-dir", filepath.Join(cfg.DataDir, "nodes", node, "cni"),
+		"--cni-conf-dir", CNIConfDir(cfg.DataDir, node),
 		"--routing", cfg.Routing, "--mode", cfg.Mode,
 		"--cluster-cidr", clusterCIDR, "--service-cidr", serviceCIDR, "--cluster-dns", clusterDNS,
 	}
 	for _, img := range cfg.Images {
 		args = append(args, "--import-images", img)
+	}
+	if cfg.Network == "none" {
+		// A network installed on the cluster brings its own plugins: none
+		// beside capstan, only those it puts in the node's CNI bin dir.
+		args = append(args, "--network", "none", "--cni-bin-dir", CNIBinDir(cfg.DataDir, node))
 	}
 	// The agent, its containerd and the shims live in the node's cgroup,
 	// so Down can end every process of the node at once.
@@ -241,6 +251,10 @@ func (cfg *Config) waitReady(ctx context.Context, nodes []string) error {
 		}
 	}
 	return cfg.waitFor(ctx, cfg.ReadyTimeout, procs, func() error {
+		if cfg.Network == "none" {
+			// NotReady until a network is installed: registered is all.
+			return nodesRegistered(ctx, Kubeconfig(cfg.DataDir), nodes)
+		}
 		return nodesReady(ctx, Kubeconfig(cfg.DataDir), nodes)
 	})
 }

@@ -226,7 +226,11 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	errs = append(errs, removeEndpoint(conf.EndpointsDir, args.ContainerID, args.IfName))
 	// Addresses go last, so none is handed out again while a route to the old veth could remain.
-	if store, err := p.openStore(conf); err != nil {
+	// A store that is not there holds none: removing Capstan from the node took it, and a DEL
+	// that comes after must not make it again.
+	if _, err := os.Stat(conf.DataDir); errors.Is(err, os.ErrNotExist) {
+		p.log.Info("deleted", "container", args.ContainerID, "ifname", args.IfName, "released", "none (no address store)")
+	} else if store, err := p.openStore(conf); err != nil {
 		errs = append(errs, err)
 	} else if freed, err := store.Release(att); err != nil {
 		errs = append(errs, fmt.Errorf("release addresses: %w", err))

@@ -513,6 +513,17 @@ func TestDelWithoutNetns(t *testing.T) {
 	if err := h.del("never-added", nil); err != nil {
 		t.Errorf("DEL of unknown container: %v", err)
 	}
+	// After the node's Capstan was removed (its address store with it), a late DEL
+	// succeeds without making the store again.
+	if err := os.RemoveAll(h.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.del("c1", nil); err != nil {
+		t.Errorf("DEL after the store went: %v", err)
+	}
+	if _, err := os.Stat(h.dataDir); err == nil {
+		t.Error("a DEL made the removed address store again")
+	}
 }
 
 func TestAddUndoesOnFailure(t *testing.T) {

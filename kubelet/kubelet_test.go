@@ -98,31 +98,3 @@ func TestInheritCpuset(t *testing.T) {
 		t.Fatalf("cpuset.cpus %q", data)
 	}
 }
-
-func TestWriteCNIConfig(t *testing.T) {
-	c := CNIConfig{ConfDir: t.TempDir(), PodCIDRs: []string{"10.244.1.0/24"}, IPAMDir: "/x/ipam", EndpointsDir: "/x/ep", MTU: 1450}
-	if changed, err := WriteCNIConfig(c); err != nil || !changed {
-		t.Fatalf("first write: %v %v", changed, err)
-	}
-	if changed, _ := WriteCNIConfig(c); changed {
-		t.Fatal("an unchanged configuration was rewritten (containerd would reload it)")
-	}
-	data, _ := os.ReadFile(filepath.Join(c.ConfDir, CNIConfigName))
-	if !strings.Contains(string(data), `"mtu": 1450`) || !strings.Contains(string(data), `"10.244.1.0/24"`) {
-		t.Fatalf("conflist %s", data)
-	}
-	if strings.Contains(string(data), "portmap") {
-		t.Fatalf("portmap chained without HostPorts: %s", data)
-	}
-	c.HostPorts = true
-	if changed, err := WriteCNIConfig(c); err != nil || !changed {
-		t.Fatalf("write with hostPorts: %v %v", changed, err)
-	}
-	data, _ = os.ReadFile(filepath.Join(c.ConfDir, CNIConfigName))
-	if !strings.Contains(string(data), `"type": "portmap"`) || !strings.Contains(string(data), `"portMappings": true`) {
-		t.Fatalf("conflist without portmap: %s", data)
-	}
-	if _, err := WriteCNIConfig(CNIConfig{ConfDir: c.ConfDir}); err == nil {
-		t.Fatal("a configuration without pod CIDR was written")
-	}
-}

@@ -14,8 +14,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 
-	"github.com/capstan-net/capstan/dataplane/daemon"
-	"github.com/capstan-net/capstan/dataplane/proxyhealth"
 	"github.com/capstan-net/capstan/kubelet/agent"
 	"github.com/capstan-net/capstan/kubelet/images"
 )
@@ -61,25 +59,8 @@ Any kubelet flag can be set with --kubelet-arg name=value (repeatable).`,
 	f.StringSlice("cluster-dns", []string{"10.96.0.10"}, "cluster DNS server addresses written into pods' resolv.conf (the server's --cluster-dns)")
 	f.String("cluster-domain", "cluster.local", "cluster DNS domain")
 	f.StringArray("kubelet-arg", nil, "kubelet flag as name=value (repeatable); overrides Capstan's default")
-	f.Bool("dataplane", true, "run the node's eBPF dataplane (services, NodePort, pod programs, NetworkPolicy) in the agent")
-	f.String("bpf-pin-dir", "", "bpf filesystem directory for the dataplane's maps and links (default /sys/fs/bpf/capstan/<node>)")
-	f.StringSlice("dataplane-devices", []string{"eth0"}, "node devices that get the NodePort programs")
-	f.String("snat-addr", "", "source address for externalIP and load-balancer traffic forwarded to another node's backend (default: the first --node-ip)")
-	f.String("dataplane-cgroup", "", "cgroup v2 directory the socket load balancer attaches to (default: the node's cgroup root, its pods; /sys/fs/cgroup on a node of its own gives the host's processes ClusterIPs too)")
-	f.String("lb-algorithm", "random", "default Service load-balancing algorithm: random, round-robin, least-conn, source-hash")
-	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules, for comparison) or none (an external kube-proxy)")
-	f.String("routing", "native", "how pods reach other nodes' pods: native (a route per node) or vxlan")
-	f.String("cluster-cidr", "10.244.0.0/16", "the cluster's pod range (masquerade source)")
-	f.String("service-cidr", "10.96.0.0/16", "the cluster's Service range (never masqueraded)")
-	f.Bool("masquerade", true, "SNAT pod traffic leaving the cluster to the node address, in eBPF")
-	f.Int("service-entries", 0, "dataplane map size: service frontends (default 65536)")
-	f.Int("backend-entries", 0, "dataplane map size: service backends (default 65536)")
-	f.Int("connections", 0, "dataplane map size: tracked connections (default 524288)")
-	f.Int("policy-endpoints", 0, "dataplane map size: pods NetworkPolicy isolates (default 4096)")
-	f.Int("policy-rules", 0, "dataplane map size: NetworkPolicy peer entries over all pods (default 65536)")
-	f.Int("policy-ports", 0, "dataplane map size: NetworkPolicy port entries (default 65536)")
-	f.String("dataplane-metrics-addr", proxyhealth.StatusAddr, "serve the dataplane's Prometheus /metrics and kube-proxy's /proxyMode here (host:port; empty: not at all; in mode none kube-proxy keeps its default)")
-	f.String("proxy-healthz-addr", proxyhealth.HealthzAddr, "serve kube-proxy's /healthz and /livez here, in the node's network namespace (host:port; empty: not at all; in mode none kube-proxy keeps its default)")
+	f.String("network", agent.NetworkCapstan, "the node's pod network: capstan (the agent runs the eBPF dataplane and writes the CNI configuration) or none (nodes stay NotReady until a network is installed on the cluster, e.g. Capstan's Helm chart)")
+	addDataplaneFlags(f)
 	return cmd
 }
 
@@ -93,18 +74,14 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 		}
 		ips = append(ips, ip)
 	}
-	clusterCIDR, err := netip.ParsePrefix(v.GetString("cluster-cidr"))
+	dc, err := dataplaneConfig(v)
 	if err != nil {
-		return agent.Config{}, fmt.Errorf("--cluster-cidr: %w", err)
+		return agent.Config{}, err
 	}
-	serviceCIDR, err := netip.ParsePrefix(v.GetString("service-cidr"))
-	if err != nil {
-		return agent.Config{}, fmt.Errorf("--service-cidr: %w", err)
-	}
-	var snatAddr netip.Addr
-	if s := v.GetString("snat-addr"); s != "" {
-		if snatAddr, err = netip.ParseAddr(s); err != nil || !snatAddr.Is4() {
-			return agent.Config{}, fmt.Errorf("--snat-addr %q: want an IPv4 address", s)
+	// Empty: the agent's pods' cgroup (agent.Run finds it).
+	if rel := v.GetString("socket-lb-cgroup"); rel != "" {
+		if dc.CgroupDir, err = cgroupDir(v.GetString("cgroup-mount"), rel); err != nil {
+			return agent.Config{}, err
 		}
 	}
 	dns := v.GetStringSlice("cluster-dns")
@@ -121,13 +98,17 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, err
 	}
+	cniBins := v.GetStringSlice("cni-bin-dir")
+	if v.GetString("network") != agent.NetworkNone {
+		// capstan-cni beside this binary (as make build leaves it) is found even when not installed.
+		cniBins = append(cniBins, bins.dir)
+	}
 	return agent.Config{
 		Server: v.GetString("server"), Token: token, CAFile: v.GetString("ca-file"),
 		NodeName: v.GetString("node-name"), NodeIPs: ips,
 		DataDir: v.GetString("data-dir"), RunDir: v.GetString("run-dir"),
-		CNIConfDir: v.GetString("cni-conf-dir"),
-		// capstan-cni beside this binary (as make build leaves it) is found even when not installed.
-		CNIBinDirs:    append(v.GetStringSlice("cni-bin-dir"), bins.dir),
+		CNIConfDir:    v.GetString("cni-conf-dir"),
+		CNIBinDirs:    cniBins,
 		CgroupRoot:    v.GetString("cgroup-root"),
 		Port:          v.GetInt("port"),
 		ImportImages:  v.GetStringSlice("import-images"),
@@ -135,28 +116,9 @@ func agentConfig(v *viper.Viper, log *slog.Logger) (agent.Config, error) {
 		ClusterDomain: v.GetString("cluster-domain"),
 		KubeletArgs:   v.GetStringSlice("kubelet-arg"),
 		Containerd:    bins.containerd, ShimDir: bins.dir, Pause: bins.pause, CoreDNS: bins.coredns,
-		Dataplane: v.GetBool("dataplane"),
-		DataplaneConfig: daemon.Config{
-			PinDir:           v.GetString("bpf-pin-dir"),
-			Devices:          v.GetStringSlice("dataplane-devices"),
-			CgroupDir:        v.GetString("dataplane-cgroup"),
-			SNATAddr:         snatAddr,
-			DefaultAlgorithm: v.GetString("lb-algorithm"),
-			MetricsAddr:      v.GetString("dataplane-metrics-addr"),
-			HealthzAddr:      v.GetString("proxy-healthz-addr"),
-			Routing:          v.GetString("routing"),
-			Mode:             v.GetString("mode"),
-			ClusterCIDR:      clusterCIDR,
-			ServiceCIDR:      serviceCIDR,
-			Masquerade:       v.GetBool("masquerade"),
-			ServiceEntries:   v.GetInt("service-entries"),
-			BackendEntries:   v.GetInt("backend-entries"),
-			Connections:      v.GetInt("connections"),
-			PolicyEndpoints:  v.GetInt("policy-endpoints"),
-			PolicyRules:      v.GetInt("policy-rules"),
-			PolicyPorts:      v.GetInt("policy-ports"),
-		},
-		Log: log,
+		Network:         v.GetString("network"),
+		DataplaneConfig: dc,
+		Log:             log,
 	}, nil
 }
 

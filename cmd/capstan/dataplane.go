@@ -12,7 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
+	"k8s.io/client-go/rest"
 
+	"github.com/capstan-net/capstan/cni/install"
 	"github.com/capstan-net/capstan/dataplane/daemon"
 	"github.com/capstan-net/capstan/dataplane/ebpf"
 )
@@ -20,98 +22,90 @@ import (
 func newDataplaneCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dataplane",
-		Short: "Run the eBPF service dataplane on this node (kube-proxy replacement)",
-		Args:  cobra.NoArgs,
+		Short: "Run the node's eBPF dataplane: Services, routing, NetworkPolicy and its CNI configuration",
+		Long: `Run the node's dataplane on a node whose kubelet runs elsewhere: what Capstan's
+DaemonSet runs (deploy/helm/capstan). It loads and attaches the eBPF programs, follows
+the cluster's Services, EndpointSlices, Nodes and NetworkPolicies, and, given
+--cni-conf-dir, writes the node's CNI configuration once its programs are attached
+and the node has its pod CIDRs.
+
+With --daemonset, the daemon removes everything it installed on the node when it
+exits because that DaemonSet was deleted; otherwise its maps and programs stay, so a
+restart or rolling update keeps established connections.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, log, err := setup(cmd)
 			if err != nil {
 				return err
 			}
-			cfg := daemon.Config{
-				Kubeconfig:       v.GetString("kubeconfig"),
-				NodeName:         v.GetString("node-name"),
-				PinDir:           v.GetString("pin-dir"),
-				CgroupDir:        v.GetString("cgroup"),
-				Devices:          v.GetStringSlice("devices"),
-				Netns:            v.GetString("netns"),
-				DefaultAlgorithm: v.GetString("default-algorithm"),
-				MaglevSeed:       v.GetUint32("maglev-seed"),
-				MinSyncInterval:  v.GetDuration("min-sync-interval"),
-				SyncPeriod:       v.GetDuration("sync-period"),
-				MetricsAddr:      v.GetString("metrics-addr"),
-				HealthzAddr:      v.GetString("healthz-addr"),
-				Routing:          v.GetString("routing"),
-				Mode:             v.GetString("mode"),
-				EndpointsDir:     v.GetString("endpoints-dir"),
-				ServiceEntries:   v.GetInt("service-entries"),
-				BackendEntries:   v.GetInt("backend-entries"),
-				Connections:      v.GetInt("connections"),
-				PolicyEndpoints:  v.GetInt("policy-endpoints"),
-				PolicyRules:      v.GetInt("policy-rules"),
-				PolicyPorts:      v.GetInt("policy-ports"),
-				Masquerade:       v.GetString("cluster-cidr") != "" && v.GetBool("masquerade"),
-				Logger:           log,
+			cfg, err := nodeDataplaneConfig(v)
+			if err != nil {
+				return err
 			}
-			for flag, dst := range map[string]*netip.Prefix{"cluster-cidr": &cfg.ClusterCIDR, "service-cidr": &cfg.ServiceCIDR} {
-				if s := v.GetString(flag); s != "" {
-					if *dst, err = netip.ParsePrefix(s); err != nil {
-						return fmt.Errorf("--%s: %w", flag, err)
-					}
-				}
-			}
-			if cfg.Kubeconfig == "" {
-				cfg.Kubeconfig = defaultKubeconfig()
-			}
-			if cfg.NodeName == "" {
-				if cfg.NodeName, err = os.Hostname(); err != nil {
-					return fmt.Errorf("--node-name: %w", err)
-				}
-			}
-			for _, s := range v.GetStringSlice("node-addrs") {
-				a, err := netip.ParseAddr(s)
-				if err != nil {
-					return fmt.Errorf("--node-addrs: %w", err)
-				}
-				cfg.NodeAddrs = append(cfg.NodeAddrs, a)
-			}
-			if s := v.GetString("snat-addr"); s != "" {
-				if cfg.SNATAddr, err = netip.ParseAddr(s); err != nil {
-					return fmt.Errorf("--snat-addr: %w", err)
-				}
-			}
+			cfg.Logger = log
 			ctx, cancel := signalContext()
 			defer cancel()
 			return daemon.Run(ctx, cfg)
 		},
 	}
 	f := cmd.Flags()
-	f.String("kubeconfig", "", "kubeconfig of the cluster (default: the local cluster's)")
+	f.String("kubeconfig", "", "kubeconfig of the cluster (default: the local cluster's, else the pod's in-cluster credentials)")
 	f.String("node-name", "", "this node's name (default: the hostname)")
-	f.String("pin-dir", "", "BPF pin directory on a bpffs (default "+daemon.DefaultPinRoot+"/<node>)")
-	f.String("cgroup", "", "cgroup v2 directory to attach the socket load balancer to (the node's subtree)")
-	f.StringSlice("devices", nil, "node devices for the tc NodePort programs")
 	f.String("netns", "", "network namespace path the devices are in (default: the daemon's)")
-	f.StringSlice("node-addrs", nil, "addresses NodePorts answer on (default: the Node object's)")
-	f.String("default-algorithm", "random", "load-balancing algorithm without an lb.capstan.io/algorithm annotation")
-	f.Uint32("maglev-seed", 0, "source-hash seed; the same on every node of a cluster")
-	f.String("snat-addr", "", "source address for service traffic arriving on node devices")
-	f.Duration("min-sync-interval", 0, "least time between syncs (default 250ms in eBPF mode, 1s in iptables and none modes)")
-	f.Duration("sync-period", 0, "full resync period (default 30s)")
-	f.String("metrics-addr", "", "address to serve Prometheus /metrics and kube-proxy's /proxyMode on, e.g. 127.0.0.1:10249")
-	f.String("healthz-addr", "", "address to serve kube-proxy's /healthz and /livez on, e.g. 0.0.0.0:10256")
-	f.Int("service-entries", 0, "map size: service frontends (default 65536)")
-	f.Int("backend-entries", 0, "map size: service backends (default 65536)")
-	f.Int("connections", 0, "map size: tracked connections (default 524288)")
-	f.Int("policy-endpoints", 0, "map size: pods NetworkPolicy isolates (default 4096)")
-	f.Int("policy-rules", 0, "map size: NetworkPolicy peer entries over all pods (default 65536)")
-	f.Int("policy-ports", 0, "map size: NetworkPolicy port entries (default 65536)")
-	f.String("mode", "ebpf", "who implements Services: ebpf, iptables (kube-proxy-style rules) or none (an external kube-proxy)")
-	f.String("routing", "", "pod routing between nodes: native or vxlan (default: leave it to the CNI in use)")
-	f.String("endpoints-dir", "", "capstan-cni endpoint records, whose pod veths get the pod programs")
-	f.String("cluster-cidr", "", "the cluster's pod range; with --masquerade, pod traffic leaving it is SNATed")
-	f.String("service-cidr", "", "the Service range, never masqueraded")
-	f.Bool("masquerade", true, "masquerade pod traffic leaving the cluster (needs --cluster-cidr)")
+	f.StringSlice("node-addrs", nil, "addresses NodePorts answer on (default: the Node object's InternalIPs)")
+	f.String("cni-conf-dir", "", "write the node's CNI configuration here once the programs are attached (empty: none)")
+	f.String("cni-bin-dir", "/opt/cni/bin", "CNI plugin directory capstan-cni is installed in (capstan node-init copies it there)")
+	f.String("run-dir", "/run/capstan", "runtime directory; the node's pod records and address allocations are in <run-dir>/<node>")
+	f.String("proc-dir", "/proc", "where the node's /proc is seen (a container gives the host's, its own /proc/sys being read-only)")
+	f.String("daemonset", "", "namespace/name of the DaemonSet running this daemon: when it is deleted, the daemon cleans the node on its way out")
+	addDataplaneFlags(f)
 	return cmd
+}
+
+// nodeDataplaneConfig reads `capstan dataplane`'s flags.
+func nodeDataplaneConfig(v *viper.Viper) (daemon.Config, error) {
+	cfg, err := dataplaneConfig(v)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Kubeconfig, cfg.NodeName, cfg.Netns = v.GetString("kubeconfig"), v.GetString("node-name"), v.GetString("netns")
+	cfg.ProcDir, cfg.DaemonSet = v.GetString("proc-dir"), v.GetString("daemonset")
+	if cfg.Kubeconfig == "" {
+		cfg.Kubeconfig = defaultKubeconfig()
+	}
+	if cfg.Kubeconfig == "" {
+		// In a pod: its ServiceAccount, and the API server the chart's
+		// k8sServiceHost names where no kube-proxy serves the kubernetes Service.
+		if cfg.RestConfig, err = rest.InClusterConfig(); err != nil {
+			return cfg, fmt.Errorf("no kubeconfig (--kubeconfig) and not in a pod: %w", err)
+		}
+	}
+	if cfg.NodeName == "" {
+		if cfg.NodeName, err = os.Hostname(); err != nil {
+			return cfg, fmt.Errorf("--node-name: %w", err)
+		}
+	}
+	for _, s := range v.GetStringSlice("node-addrs") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--node-addrs: %w", err)
+		}
+		cfg.NodeAddrs = append(cfg.NodeAddrs, a)
+	}
+	rel := v.GetString("socket-lb-cgroup")
+	if rel == "" {
+		rel = "/"
+	}
+	if cfg.CgroupDir, err = cgroupDir(v.GetString("cgroup-mount"), rel); err != nil {
+		return cfg, err
+	}
+	node := filepath.Join(v.GetString("run-dir"), cfg.NodeName)
+	cfg.EndpointsDir = filepath.Join(node, "endpoints")
+	cfg.CNI.ConfDir, cfg.CNI.BinDir, cfg.CNI.IPAMDir = v.GetString("cni-conf-dir"), v.GetString("cni-bin-dir"), filepath.Join(node, "ipam")
+	if _, err := os.Stat(filepath.Join(cfg.CNI.BinDir, install.PortmapName)); err == nil {
+		cfg.CNI.Portmap = install.PortmapName
+	}
+	return cfg, nil
 }
 
 // newDPCmd prints a node's pinned maps in human form, read-only, in the spirit of

@@ -55,7 +55,7 @@ func newRoot() *cobra.Command {
 		DisableFlagParsing: true,
 		Run:                func(cmd *cobra.Command, args []string) { os.Exit(runKubectl(args)) },
 	})
-	root.AddCommand(newImagesCmd(), newAgentCmd(), newUpCmd(), newDownCmd(), newNodeExecCmd())
+	root.AddCommand(newImagesCmd(), newAgentCmd(), newUpCmd(), newDownCmd(), newNodeExecCmd(), newNodeInitCmd())
 	return root
 }
 

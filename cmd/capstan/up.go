@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ func clusterConfig(v *viper.Viper) (cluster.Config, error) {
 		Routing:   v.GetString("routing"),
 		Mode:      v.GetString("mode"),
 		KubeProxy: v.GetString("kube-proxy"),
+		Network:   v.GetString("network"),
 		Port:      v.GetInt("port"),
 		Images:    v.GetStringSlice("images"),
 	}
@@ -71,6 +73,19 @@ func newUpCmd() *cobra.Command {
 				return err
 			}
 			kc := cluster.Kubeconfig(cfg.DataDir)
+			if cfg.Network == "none" {
+				u, _ := url.Parse(st.Server)
+				fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is up with no pod network and no Service proxy: API server %s, nodes %v NotReady until a network is installed.
+Kubeconfig: %s. Capstan's chart, with this cluster's per-node paths:
+  capstan images import --cluster --data-dir %s --run-dir %s bin/images/capstan.tar   (make images builds it; or up --images)
+  helm install capstan deploy/helm/capstan -n kube-system --kubeconfig %s \
+    --set k8sServiceHost=%s --set k8sServicePort=%s --set runDir=%s \
+    --set 'cni.binDir=%s' --set 'cni.confDir=%s' --set 'cgroup.path=/capstan/$(NODE_NAME)'
+Remove everything with: capstan down
+`, st.Name, st.Server, st.Nodes, kc, cfg.DataDir, cfg.RunDir, kc, u.Hostname(), u.Port(), cfg.RunDir,
+					cluster.CNIBinDir(cfg.DataDir, "$(NODE_NAME)"), cluster.CNIConfDir(cfg.DataDir, "$(NODE_NAME)"))
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), `Cluster %q is ready: API server %s, nodes %v (%s routing, %s mode).
 Kubeconfig: %s (capstan kubectl uses it; or export KUBECONFIG=%s)
   capstan kubectl get nodes -o wide
@@ -87,6 +102,7 @@ Logs: %s/cluster/logs/. Remove everything with: capstan down
 	f.Int("nodes", 3, "number of nodes")
 	f.String("routing", "native", "pod routing between nodes: native or vxlan")
 	f.String("mode", "ebpf", "how nodes implement Services: ebpf, iptables (kube-proxy-style rules, for comparison), or none (with --kube-proxy)")
+	f.String("network", "capstan", "the nodes' pod network: capstan (every agent runs the dataplane) or none (no pod network and no Service proxy, nodes NotReady until one is installed, e.g. helm install capstan deploy/helm/capstan)")
 	f.String("kube-proxy", "", "with --mode none: the upstream kube-proxy binary every node runs in iptables mode (tools/kube-proxy/build.sh)")
 	f.Int("port", 6443, "API server port on the underlay address")
 	f.StringSlice("images", nil, "image archives every node imports (make images builds bin/images/capstan-test-images.tar)")

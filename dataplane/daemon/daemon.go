@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,8 +72,21 @@ type Config struct {
 	// EndpointsDir is where the CNI plugin records pod endpoints; the pod
 	// programs are attached to each one's host veth. Empty attaches none.
 	EndpointsDir string
-	// NodeAddrs, when set, replace the addresses of this node's Node object.
+	// NodeAddrs, when set, replace the addresses of this node's Node object;
+	// empty takes the Node's InternalIPs (waiting for it to register).
 	NodeAddrs []netip.Addr
+	// ProcDir is where the node's /proc is seen, "/proc" by default; a
+	// container whose own /proc/sys is read-only gives the host's.
+	ProcDir string
+	// CNI, when its ConfDir is set, makes Run write the node's CNI
+	// configuration once the programs are attached and the node has its
+	// pod CIDRs, so the node turns Ready only when pods get a network.
+	CNI CNIConfig
+	// DaemonSet ("namespace/name") is the DaemonSet running this daemon,
+	// if any: when Run ends because that DaemonSet is gone (helm
+	// uninstall, kubectl delete), it removes all it installed on the node
+	// (Uninstall); while it exists (a rolling update) everything stays.
+	DaemonSet string
 
 	DefaultAlgorithm string
 	MaglevSeed       uint32
@@ -155,6 +169,14 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ProcDir == "" {
+		c.ProcDir = "/proc"
+	}
+	if c.DaemonSet != "" {
+		if ns, name, ok := strings.Cut(c.DaemonSet, "/"); !ok || ns == "" || name == "" {
+			return fmt.Errorf("daemonset %q: want namespace/name", c.DaemonSet)
+		}
+	}
 	if c.Clock == nil {
 		c.Clock = clock.RealClock{}
 	}
@@ -199,6 +221,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("create client: %w", err)
 	}
 
+	if err := resolveNode(ctx, cs, &cfg, log); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if cfg.DaemonSet != "" {
+		owner := watchOwner(ctx, cs, cfg.DaemonSet, log)
+		defer func() {
+			if err == nil && ctx.Err() != nil && owner.Removed() {
+				err = uninstallAfter(cfg, log)
+			}
+		}()
+	}
 	if !cfg.SNATAddr.IsValid() {
 		for _, a := range cfg.NodeAddrs {
 			if a.Is4() {
@@ -229,7 +265,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	if cfg.Routing == RoutingVXLAN {
 		var idx int
-		if err := inNetns(cfg.Netns, func() (err error) { idx, err = ensureVXLAN(); return err }); err != nil {
+		if err := inNetns(cfg.Netns, func() (err error) { idx, err = ensureVXLAN(cfg.ProcDir); return err }); err != nil {
 			return err
 		}
 		ecfg.Routing, ecfg.VXLANIfindex = ebpf.RoutingVXLAN, idx
@@ -245,14 +281,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		// that send it refuse while forwarding is off) and pods' traffic through the stack.
 		// The CNI plugin turns it on too, but only once a pod lands on the node.
 		if err := inNetns(cfg.Netns, func() error {
-			return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+			return os.WriteFile(filepath.Join(cfg.ProcDir, "sys/net/ipv4/ip_forward"), []byte("1"), 0o644)
 		}); err != nil {
 			return fmt.Errorf("enable forwarding: %w", err)
 		}
 	}
 	ebpfMode := cfg.Mode == ModeEBPF
 	if cfg.Mode != ModeNone { // the upstream kube-proxy sets them itself
-		if err := setConntrackTimeouts(cfg.Netns, log); err != nil {
+		if err := setConntrackTimeouts(cfg.Netns, cfg.ProcDir, log); err != nil {
 			log.Warn("set conntrack timeouts", "err", err)
 		}
 	}
@@ -484,6 +520,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	log.Info("dataplane running", "mode", cfg.Mode, "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
 	if cfg.Ready != nil {
 		cfg.Ready()
+	}
+	if cfg.CNI.ConfDir != "" {
+		go writeCNIConfig(ctx, cs, &cfg, log)
 	}
 	polDone := make(chan struct{})
 	// Wait for it on the way out: the datapath's maps close after Run returns.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 )
 
 // conntrackTimeouts are the netfilter conntrack timeouts kube-proxy sets on its node (its
@@ -19,10 +20,10 @@ var conntrackTimeouts = [][2]string{
 
 // setConntrackTimeouts writes conntrackTimeouts in the node's network namespace. Without
 // the nf_conntrack module there is nothing to tune, which is not an error.
-func setConntrackTimeouts(netns string, log *slog.Logger) error {
+func setConntrackTimeouts(netns, procDir string, log *slog.Logger) error {
 	return inNetns(netns, func() error {
 		for _, s := range conntrackTimeouts {
-			err := os.WriteFile("/proc/sys/"+s[0], []byte(s[1]), 0o644)
+			err := os.WriteFile(filepath.Join(procDir, "sys", s[0]), []byte(s[1]), 0o644)
 			if errors.Is(err, os.ErrNotExist) {
 				log.Debug("no netfilter conntrack; its timeouts left alone")
 				return nil

@@ -21,7 +21,7 @@ func TestConntrackTimeoutsInTheNodeNetnsOnly(t *testing.T) {
 	}
 	hostBefore := read()
 	ns := netnstest.New(t, "ctt")
-	if err := setConntrackTimeouts(ns.Path(), slog.New(slog.DiscardHandler)); err != nil {
+	if err := setConntrackTimeouts(ns.Path(), "/proc", slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	var got string

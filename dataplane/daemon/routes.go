@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -188,7 +189,7 @@ const (
 
 // ensureVXLAN creates (or finds) the VXLAN device in the current netns,
 // up, with reverse-path filtering off, and returns its ifindex.
-func ensureVXLAN() (int, error) {
+func ensureVXLAN(procDir string) (int, error) {
 	if l, err := netlink.LinkByName(vxlanDevice); err == nil {
 		if _, ok := l.(*netlink.Vxlan); !ok {
 			return 0, fmt.Errorf("%s exists and is not a vxlan device", vxlanDevice)
@@ -215,7 +216,7 @@ func ensureVXLAN() (int, error) {
 	}
 	// Decapsulated packets come from remote pods, which no route here
 	// points back through this device.
-	os.WriteFile("/proc/sys/net/ipv4/conf/"+vxlanDevice+"/rp_filter", []byte("0"), 0o644)
+	os.WriteFile(filepath.Join(procDir, "sys/net/ipv4/conf", vxlanDevice, "rp_filter"), []byte("0"), 0o644)
 	return l.Attrs().Index, nil
 }
 

@@ -187,13 +187,13 @@ check "server.yaml: binds and advertises the server address" bash -c "
 check "agent.yaml: server, node, device, CNI and image paths" bash -c "
   grep -qx 'server: \"https://192.168.56.10:6443\"' '$r/etc/capstan/agent.yaml' &&
   grep -qx 'node-ip: \[\"192.168.56.11\"\]' '$r/etc/capstan/agent.yaml' &&
-  grep -qx 'dataplane-devices: \[\"eth1\"\]' '$r/etc/capstan/agent.yaml' &&
+  grep -qx 'devices: \[\"eth1\"\]' '$r/etc/capstan/agent.yaml' &&
   grep -qx 'cni-bin-dir: \[\"$r/opt/cni/bin\"\]' '$r/etc/capstan/agent.yaml' &&
   grep -qx 'ca-file: \"$r/etc/capstan/ca.crt\"' '$r/etc/capstan/agent.yaml' &&
   grep -qx 'import-images: \[\]' '$r/etc/capstan/agent.yaml'"
 # On a VM the socket LB serves the whole machine, as kube-proxy's rules do; the netns
 # stage below renders without it, since this host's root cgroup is CI's own.
-check "agent.yaml: the socket LB at the VM's root cgroup" grep -qx 'dataplane-cgroup: "/sys/fs/cgroup"' "$r/etc/capstan/agent.yaml"
+check "agent.yaml: the socket LB at the VM's root cgroup" grep -qx 'socket-lb-cgroup: "/"' "$r/etc/capstan/agent.yaml"
 
 # The units run the rendered binary with the rendered config.
 unit_exec() { sed -n 's/^ExecStart=//p' "$r/etc/systemd/system/$1"; }
@@ -360,9 +360,9 @@ else
   # In the agent's namespace, with no device given: it must find eth1 by
   # the node's address, as on a VM.
   check "agent.sh finds the device holding the node IP" \
-    ip netns exec "$agt" env CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME="$node" CAPSTAN_VM_DATAPLANE_CGROUP= \
-    bash -c "$(declare -f provision); $(declare -p tmp here); provision '$ra' agent.sh CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME='$node' CAPSTAN_VM_DATAPLANE_CGROUP= 2>/dev/null &&
-      grep -qx 'dataplane-devices: \[\"eth1\"\]' '$ra/etc/capstan/agent.yaml'"
+    ip netns exec "$agt" env CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME="$node" CAPSTAN_VM_SOCKET_LB_CGROUP= \
+    bash -c "$(declare -f provision); $(declare -p tmp here); provision '$ra' agent.sh CAPSTAN_VM_DEVICE= CAPSTAN_VM_NODE_NAME='$node' CAPSTAN_VM_SOCKET_LB_CGROUP= 2>/dev/null &&
+      grep -qx 'devices: \[\"eth1\"\]' '$ra/etc/capstan/agent.yaml'"
 
   # run_unit NS ROOT UNIT LOG [CGROUP]: the unit's ExecStart in the
   # namespace, as systemd would, in CGROUP (a v2 directory) if given.

@@ -33,3 +33,14 @@ func Ensure(dir string) error {
 	}
 	return nil
 }
+
+// Share makes the mount at dir a shared one, as systemd mounts everything:
+// a pod that mounts bpffs there for the host (Bidirectional propagation,
+// as Capstan's and Cilium's init containers do) needs it so, and a
+// container runtime refuses that pod otherwise.
+func Share(dir string) error {
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", dir, err)
+	}
+	return nil
+}

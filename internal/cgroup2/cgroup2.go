@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Root returns where the cgroup v2 hierarchy is mounted.
@@ -30,4 +33,18 @@ func parse(mountinfo string) (string, error) {
 		}
 	}
 	return "", errors.New("no cgroup2 filesystem mounted")
+}
+
+// In returns the cgroup v2 hierarchy of the cgroup filesystem mounted at
+// mount: mount itself on a unified host, its unified/ directory on a
+// hybrid one. Unlike Root it looks at a given place, such as the host's
+// /sys/fs/cgroup mounted into a container beside the container's own.
+func In(mount string) (string, error) {
+	for _, dir := range []string{mount, filepath.Join(mount, "unified")} {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return dir, nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 hierarchy at %s or in its unified/ directory", mount)
 }

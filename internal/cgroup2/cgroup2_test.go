@@ -14,3 +14,16 @@ func TestParse(t *testing.T) {
 		t.Fatal("no cgroup2 mount: want an error")
 	}
 }
+
+func TestIn(t *testing.T) {
+	root, err := Root()
+	if err != nil {
+		t.Skip("no cgroup2 here:", err)
+	}
+	if got, err := In(root); err != nil || got != root {
+		t.Fatalf("In(%s) = %q, %v", root, got, err)
+	}
+	if _, err := In(t.TempDir()); err == nil {
+		t.Fatal("a plain directory was taken for a cgroup v2 hierarchy")
+	}
+}

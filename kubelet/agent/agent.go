@@ -17,8 +17,6 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -60,12 +58,21 @@ type Config struct {
 	// CoreDNS is the program the cluster DNS image (CoreDNSImage) is made
 	// of; the node runs without that image when it is missing.
 	CoreDNS string
-	// Dataplane runs the node's eBPF dataplane in the agent; DataplaneConfig
-	// carries its settings (node, client and endpoints directory are filled in here).
-	Dataplane       bool
+	// Network is NetworkCapstan (the default: the agent runs the node's
+	// dataplane, which writes the CNI configuration) or NetworkNone (no pod
+	// network until one is installed on the cluster, as on a kubeadm node
+	// before its CNI). DataplaneConfig carries the dataplane's settings
+	// (node, client, CNI and endpoint directories are filled in here).
+	Network         string
 	DataplaneConfig daemon.Config
 	Log             *slog.Logger
 }
+
+// The values of Config.Network.
+const (
+	NetworkCapstan = "capstan"
+	NetworkNone    = "none"
+)
 
 func (c *Config) nodeDir() string { return filepath.Join(c.DataDir, "nodes", c.NodeName) }
 func (c *Config) runDir() string  { return filepath.Join(c.RunDir, c.NodeName) }
@@ -101,6 +108,13 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	switch c.Network {
+	case "":
+		c.Network = NetworkCapstan
+	case NetworkCapstan, NetworkNone:
+	default:
+		return fmt.Errorf("network %q: want %s or %s", c.Network, NetworkCapstan, NetworkNone)
 	}
 	for name, path := range map[string]string{"containerd": c.Containerd, "pause": c.Pause} {
 		if _, err := os.Stat(path); err != nil {
@@ -285,57 +299,33 @@ func waitCredentials(ctx context.Context, kc *kubelet.Config, kubeletDone <-chan
 	return rc, nil
 }
 
-// network runs the dataplane and writes the CNI configuration once the
-// dataplane is attached and the node has its pod CIDR.
+// network runs the dataplane, which writes the CNI configuration once it
+// is attached and the node has its pod CIDRs; with Network "none" the node
+// waits for a network installed on the cluster (a DaemonSet) instead.
 func network(ctx context.Context, cfg *Config, rc *rest.Config) error {
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return err
-	}
-	attached := make(chan struct{})
-	dpErr := make(chan error, 1)
-	if cfg.Dataplane {
-		dc, err := dataplaneConfig(cfg, rc, func() { close(attached) })
-		if err != nil {
-			return err
-		}
-		go func() { dpErr <- daemon.Run(ctx, dc) }()
-	} else {
-		close(attached)
-	}
-	cidrs, err := waitPodCIDRs(ctx, cs, cfg.NodeName)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-attached:
-	case err := <-dpErr:
-		return fmt.Errorf("dataplane: %w", err)
-	case <-ctx.Done():
-		return nil
-	}
-	if _, err := kubelet.WriteCNIConfig(kubelet.CNIConfig{
-		ConfDir: cfg.CNIConfDir, PodCIDRs: cidrs, IPAMDir: filepath.Join(cfg.nodeDir(), "ipam"),
-		EndpointsDir: filepath.Join(cfg.runDir(), "endpoints"), MTU: podMTU(cfg),
-		HostPorts: hasPortmap(cfg),
-	}); err != nil {
-		return err
-	}
-	cfg.Log.Info("pod network ready", "podCIDRs", cidrs, "conf", filepath.Join(cfg.CNIConfDir, kubelet.CNIConfigName))
-	if !cfg.Dataplane {
+	if cfg.Network == NetworkNone {
+		cfg.Log.Info("no pod network: the node turns Ready once one is installed (helm install capstan)")
 		<-ctx.Done()
 		return nil
 	}
-	if err := <-dpErr; err != nil && ctx.Err() == nil {
+	dc, err := dataplaneConfig(cfg, rc)
+	if err != nil {
+		return err
+	}
+	if err := daemon.Run(ctx, dc); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
 	return nil
 }
 
-func dataplaneConfig(cfg *Config, rc *rest.Config, ready func()) (daemon.Config, error) {
+func dataplaneConfig(cfg *Config, rc *rest.Config) (daemon.Config, error) {
 	dc := cfg.DataplaneConfig
-	dc.NodeName, dc.RestConfig, dc.Logger, dc.Ready = cfg.NodeName, rc, cfg.Log.With("component", "dataplane"), ready
+	dc.NodeName, dc.RestConfig, dc.Logger = cfg.NodeName, rc, cfg.Log.With("component", "dataplane")
 	dc.EndpointsDir = filepath.Join(cfg.runDir(), "endpoints")
+	dc.CNI.ConfDir, dc.CNI.IPAMDir = cfg.CNIConfDir, filepath.Join(cfg.nodeDir(), "ipam")
+	if hasPortmap(cfg) {
+		dc.CNI.Portmap = "portmap"
+	}
 	if dc.PinDir == "" {
 		// The daemon's default pin dir is there.
 		if err := bpffs.Ensure(bpffs.Root); err != nil {
@@ -357,30 +347,6 @@ func dataplaneConfig(cfg *Config, rc *rest.Config, ready func()) (daemon.Config,
 		}
 	}
 	return dc, nil
-}
-
-// waitPodCIDRs waits for kube-controller-manager to give the node its pod CIDRs.
-func waitPodCIDRs(ctx context.Context, cs kubernetes.Interface, node string) ([]string, error) {
-	for {
-		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err == nil && len(n.Spec.PodCIDRs) > 0 {
-			return n.Spec.PodCIDRs, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}
-
-// podMTU leaves room for the VXLAN header (50 bytes) when pods' traffic to
-// other nodes is encapsulated.
-func podMTU(cfg *Config) int {
-	if cfg.Dataplane && cfg.DataplaneConfig.Routing == daemon.RoutingVXLAN {
-		return 1450
-	}
-	return 1500
 }
 
 // hasPortmap reports whether a CNI bin dir holds the portmap plugin: a node

@@ -34,12 +34,16 @@ import (
 // cases it runs in.
 type clusterCase struct {
 	name, routing, mode string
+	// install: "helm" brings the cluster up with no network and installs
+	// Capstan's chart on it.
+	install string
 }
 
 var cases = []clusterCase{
-	{"native/ebpf", "native", "ebpf"},
-	{"vxlan/ebpf", "vxlan", "ebpf"},
-	{"native/iptables", "native", "iptables"},
+	{"native/ebpf", "native", "ebpf", ""},
+	{"vxlan/ebpf", "vxlan", "ebpf", ""},
+	{"native/iptables", "native", "iptables", ""},
+	{"helm/ebpf", "native", "ebpf", "helm"},
 }
 
 // env is the running cluster the scenarios of one case share.
@@ -128,12 +132,19 @@ func runCase(t *testing.T, cc clusterCase, tools *clustertest.Tools) []result {
 		// The upstream specs' images (agnhost, busybox, nginx...).
 		cfg.Images = append(cfg.Images, filepath.Join(upstreamBin(t), "images", "e2e-images.tar"))
 	}
+	if installed(cc) {
+		cfg.Network = "none"
+		cfg.Images = append(cfg.Images, filepath.Join(installBin(t), "images", "capstan.tar"))
+	}
 	ctx := context.Background()
 	c, err := clustertest.Up(t, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &env{cc: cc, cfg: cfg, kubeconfig: c.Kubeconfig, capstan: tools.Capstan, echo: tools.Echo, nodes: c.Nodes, nodeIPs: c.NodeIPs, ns: "e2e", cs: c.CS, c: c}
+	if installed(cc) {
+		e.install(t)
+	}
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

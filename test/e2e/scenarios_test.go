@@ -34,7 +34,7 @@ func full(cc clusterCase) bool         { return cc.name == "native/ebpf" }
 func notVXLAN(cc clusterCase) bool     { return cc.routing != "vxlan" }
 
 func scenarios() []scenario {
-	return slices.Concat(serviceScenarios(), standardScenarios(), dnsScenarios(), healingScenarios(), upstreamScenarios())
+	return slices.Concat(serviceScenarios(), standardScenarios(), dnsScenarios(), healingScenarios(), upstreamScenarios(), installScenarios())
 }
 
 func serviceScenarios() []scenario {

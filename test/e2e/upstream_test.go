@@ -53,14 +53,29 @@ func upstreamScenarios() []scenario {
 
 // upstreamBin is where make left e2e.test, ginkgo and the e2e images.
 func upstreamBin(t *testing.T) string {
-	root, err := testbin.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
+	return makeBin(t, "make e2e-tools e2e-images", "e2e.test", "ginkgo", filepath.Join("images", "e2e-images.tar"))
+}
+
+// makeBin is the directory make left its outputs in: CAPSTAN_BIN_DIR,
+// which make e2e sets, else the repository's bin/. It fails the test,
+// saying what builds them, when one of files is not there.
+func makeBin(t *testing.T, builder string, files ...string) string {
+	bin := os.Getenv("CAPSTAN_BIN_DIR")
+	if bin == "" {
+		root, err := testbin.RepoRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin = filepath.Join(root, "bin")
 	}
-	bin := filepath.Join(root, "bin")
-	for _, f := range []string{"e2e.test", "ginkgo", filepath.Join("images", "e2e-images.tar")} {
+	for _, f := range files {
 		if _, err := os.Stat(filepath.Join(bin, f)); err != nil {
-			t.Fatalf("%v: make e2e-tools e2e-images builds it", err)
+			entries, _ := os.ReadDir(bin)
+			var have []string
+			for _, e := range entries {
+				have = append(have, e.Name())
+			}
+			t.Fatalf("%v (%s builds it; %s holds %v)", err, builder, bin, have)
 		}
 	}
 	return bin

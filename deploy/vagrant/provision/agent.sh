@@ -58,8 +58,8 @@ write_file 0644 "$etc_dir/ca.crt" <"$CAPSTAN_VM_SECRETS/ca.crt"
 image_list=
 for i in "${images[@]}"; do image_list+="${image_list:+, }$(yaml_str "$i")"; done
 optional=
-if [ -n "$CAPSTAN_VM_DATAPLANE_CGROUP" ]; then
-  optional+="dataplane-cgroup: $(yaml_str "$CAPSTAN_VM_DATAPLANE_CGROUP")"
+if [ -n "$CAPSTAN_VM_SOCKET_LB_CGROUP" ]; then
+  optional+="socket-lb-cgroup: $(yaml_str "$CAPSTAN_VM_SOCKET_LB_CGROUP")"
 fi
 # Keys are `capstan agent` flag names (--config; an unknown key is an error).
 # The token is needed for the first start only (the kubelet then has its own
@@ -77,7 +77,7 @@ run-dir: $(yaml_str "$run_dir")
 cni-conf-dir: $(yaml_str "$cni_conf_dir")
 cni-bin-dir: [$(yaml_str "$cni_bin_dir")]
 import-images: [$image_list]
-dataplane-devices: [$(yaml_str "$device")]
+devices: [$(yaml_str "$device")]
 routing: $(yaml_str "$CAPSTAN_VM_ROUTING")
 mode: $(yaml_str "$CAPSTAN_VM_MODE")
 cluster-cidr: $(yaml_str "$CAPSTAN_VM_CLUSTER_CIDR")

@@ -23,9 +23,10 @@
 #   CAPSTAN_VM_DEVICE    node device for NodePort programs (default: the one holding NODE_IP)
 #   CAPSTAN_VM_ROUTING, CAPSTAN_VM_MODE, CAPSTAN_VM_CLUSTER_CIDR,
 #   CAPSTAN_VM_SERVICE_CIDR, CAPSTAN_VM_LOG_LEVEL
-#   CAPSTAN_VM_DATAPLANE_CGROUP  cgroup v2 directory of the socket load balancer
-#                        (default /sys/fs/cgroup: the VM's own processes reach
-#                        ClusterIPs too, as with kube-proxy; empty: pods only)
+#   CAPSTAN_VM_SOCKET_LB_CGROUP  cgroup v2 directory of the socket load balancer,
+#                        relative to the v2 hierarchy (default /: the VM's own
+#                        processes reach ClusterIPs too, as with kube-proxy;
+#                        empty: pods only)
 
 : "${CAPSTAN_VM_ROOT:=}"
 # With a root, nothing outside it is touched unless asked for.
@@ -47,7 +48,7 @@ fi
 : "${CAPSTAN_VM_SERVICE_CIDR:=10.96.0.0/16}"
 : "${CAPSTAN_VM_LOG_LEVEL:=info}"
 # "=" not ":=": set and empty means the agent's default, its pods' subtree.
-: "${CAPSTAN_VM_DATAPLANE_CGROUP=/sys/fs/cgroup}"
+: "${CAPSTAN_VM_SOCKET_LB_CGROUP=/}"
 
 # Paths on the node, all under CAPSTAN_VM_ROOT.
 vm_root=${CAPSTAN_VM_ROOT%/}

@@ -14,7 +14,7 @@ LDFLAGS  := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
-.PHONY: all build node-image helm manifests chart-check e2e netpol test test-unit generate generate-check lint demo bench clean images e2e-tools e2e-images kube-proxy conformance sig-network vagrant-check vagrant-netpol
+.PHONY: all build node-image helm manifests chart-check netpol-installed e2e netpol test test-unit generate generate-check lint demo bench clean images e2e-tools e2e-images kube-proxy conformance sig-network vagrant-check vagrant-netpol
 
 all: build
 
@@ -94,7 +94,7 @@ sig-network: build e2e-tools e2e-images kube-proxy
 # Everything: lint, the Vagrant setup's checks, regenerate BPF objects (must
 # match the committed ones), unit and integration tests, then the end-to-end
 # and NetworkPolicy suites.
-test: lint vagrant-check generate-check chart-check test-unit e2e netpol
+test: lint vagrant-check generate-check chart-check test-unit e2e netpol netpol-installed
 
 # Tests that need a control plane or a containerd run the binaries make
 # build leaves in bin/.
@@ -117,10 +117,20 @@ e2e: build e2e-tools e2e-images node-image helm
 # CAPSTAN_NETPOL_CASES=regexp picks cases; CAPSTAN_NETPOL_KUBECONFIG=path runs
 # on a cluster that is already up.
 netpol: build
-	@mkdir -p $(BIN); $(GO) test -tags netpol -count=1 -v -timeout 30m -run 'TestExpectations|TestEvaluateBasics|TestNetpol' ./test/netpol/ >$(BIN)/netpol.log 2>&1; rc=$$?; \
-	  sed -n '/^\s*CASE \+RESULT/,/^\s*netpol: [0-9]* passed/p' $(BIN)/netpol.log; \
-	  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/netpol.log)"; grep -E -A45 '(probes still differ|no longer Ready|cannot reach its pod|after the case: |persistent connection .*(still works|failed)|hand-written:|evaluate:$$| setup: )' $(BIN)/netpol.log | head -400; fi; \
-	  tail -3 $(BIN)/netpol.log; exit $$rc
+	$(call netpol,,netpol)
+
+# The same suite on a cluster whose network is Capstan's Helm chart,
+# installed on a cluster brought up with none.
+netpol-installed: build node-image helm
+	$(call netpol,CAPSTAN_NETPOL_INSTALL=helm,netpol-installed)
+
+# netpol ENV,LOG: run the suite with ENV, log in $(BIN)/LOG.log.
+define netpol
+@mkdir -p $(BIN); $(1) CAPSTAN_BIN_DIR=$(abspath $(BIN)) $(GO) test -tags netpol -count=1 -v -timeout 30m -run 'TestExpectations|TestEvaluateBasics|TestNetpol' ./test/netpol/ >$(BIN)/$(2).log 2>&1; rc=$$?; \
+  sed -n '/^\s*CASE \+RESULT/,/^\s*netpol: [0-9]* passed/p' $(BIN)/$(2).log; \
+  if [ $$rc -ne 0 ]; then echo "--- failures (full log: $(BIN)/$(2).log)"; grep -E -A45 '(probes still differ|no longer Ready|cannot reach its pod|after the case: |persistent connection .*(still works|failed)|hand-written:|evaluate:$$| setup: )' $(BIN)/$(2).log | head -400; fi; \
+  tail -3 $(BIN)/$(2).log; exit $$rc
+endef
 
 # deploy/vagrant without VMs: vagrant validate, bash -n and shellcheck, the
 # provisioning scripts rendered into a temp root and checked, then (as root)

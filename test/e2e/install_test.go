@@ -5,10 +5,7 @@ package e2e_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,8 +13,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/capstan-net/capstan/cluster"
-	"github.com/capstan-net/capstan/internal/cgroup2"
+	"github.com/capstan-net/capstan/test/clustertest"
 	"github.com/capstan-net/capstan/test/integration/testbin"
 )
 
@@ -30,7 +26,7 @@ func installed(cc clusterCase) bool { return cc.install != "" }
 func notInstalled(cc clusterCase) bool { return cc.install == "" }
 
 const (
-	releaseNS   = "kube-system"
+	releaseNS   = clustertest.ChartNamespace
 	daemonSetID = "capstan"
 )
 
@@ -39,59 +35,20 @@ func installBin(t *testing.T) string {
 	return makeBin(t, "make helm node-image", "helm", filepath.Join("images", "capstan.tar"))
 }
 
-// installValues are the chart's values for a `capstan up` cluster: nodes
-// share the host's filesystem, so their CNI directories are per node
-// ($(NODE_NAME)), and the socket load balancer serves each node's cgroup.
-func (e *env) installValues(t *testing.T) string {
-	u, err := url.Parse(e.c.Rest.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, port, err := net.SplitHostPort(u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	values := fmt.Sprintf(`k8sServiceHost: %q
-k8sServicePort: %s
-routing: %s
-mode: %s
-cni:
-  binDir: %q
-  confDir: %q
-runDir: %q
-cgroup:
-  path: "/capstan/$(NODE_NAME)"
-`, host, port, e.cc.routing, e.cc.mode,
-		cluster.CNIBinDir(e.cfg.DataDir, "$(NODE_NAME)"), cluster.CNIConfDir(e.cfg.DataDir, "$(NODE_NAME)"), e.cfg.RunDir)
-	path := filepath.Join(t.TempDir(), "values.yaml")
-	if err := os.WriteFile(path, []byte(values), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// helm runs the upstream helm CLI against the cluster, from the
-// repository's root (the chart is deploy/helm/capstan).
-func (e *env) helm(t *testing.T, args ...string) (string, error) {
+// chart is Capstan's chart as make left helm.
+func (e *env) chart(t *testing.T) clustertest.Chart {
 	root, err := testbin.RepoRoot()
 	if err != nil {
-		return "", err
+		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(installBin(t), "helm"), append([]string{"--kubeconfig", e.kubeconfig, "-n", releaseNS}, args...)...)
-	cmd.Dir = root
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	return clustertest.Chart{Helm: filepath.Join(installBin(t), "helm"), Root: root, Release: daemonSetID}
 }
 
 // install puts Capstan on the cluster with the chart and waits for every
 // node to turn Ready, which it does only once the dataplane is attached.
 func (e *env) install(t *testing.T) {
 	start := time.Now()
-	values := e.installValues(t)
-	if out, err := e.helm(t, "install", daemonSetID, "deploy/helm/capstan", "-f", values, "--wait", "--timeout", "4m"); err != nil {
-		t.Fatalf("helm install: %v\n%s", err, out)
-	}
-	if err := e.c.WaitNodesReady(3 * time.Minute); err != nil {
+	if err := e.chart(t).Install(e.c); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("helm install: every node Ready %v after it started", time.Since(start).Round(100*time.Millisecond))
@@ -100,8 +57,9 @@ func (e *env) install(t *testing.T) {
 func installScenarios() []scenario {
 	return []scenario{
 		{"installed: a rolling update of the DaemonSet under load: no failed request, connections kept", installed, rollDaemonSet},
-		// Last: it takes the network away.
+		// These take the network away.
 		{"installed: helm uninstall leaves nothing on the nodes", installed, uninstall},
+		{"installed: kubectl apply of the rendered manifest, then kubectl delete leaves nothing", installed, applyManifest},
 	}
 }
 
@@ -138,77 +96,69 @@ func rollDaemonSet(t *testing.T, e *env) {
 }
 
 // uninstall removes the release and checks every node for what Capstan
-// installed: BPF pins and attachments, CNI configuration and plugins,
-// routes, the VXLAN device, iptables chains, pod records.
+// installed.
 func uninstall(t *testing.T, e *env) {
-	ctx := context.Background()
-	if out, err := e.helm(t, "uninstall", daemonSetID, "--wait", "--timeout", "2m"); err != nil {
-		t.Fatalf("helm uninstall: %v\n%s", err, out)
-	}
-	if err := eventually(time.Minute, func() error {
-		pods, err := e.cs.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=capstan"})
-		if err != nil {
-			return err
-		}
-		if len(pods.Items) > 0 {
-			return fmt.Errorf("%d capstan pods left", len(pods.Items))
-		}
-		return nil
-	}); err != nil {
+	if err := e.chart(t).Uninstall(e.c); err != nil {
 		t.Fatal(err)
 	}
 	for _, node := range e.nodes {
-		if err := eventually(30*time.Second, func() error { return e.leftovers(node) }); err != nil {
+		if err := eventually(30*time.Second, func() error { return e.c.Leftovers(node) }); err != nil {
 			t.Error(err)
 		}
 	}
 }
 
-// leftovers describes what Capstan left on node, nil if nothing.
-func (e *env) leftovers(node string) error {
-	var left []string
-	files := []string{
-		filepath.Join("/sys/fs/bpf/capstan", node),
-		filepath.Join(cluster.CNIConfDir(e.cfg.DataDir, node), "10-capstan.conflist"),
-		filepath.Join(cluster.CNIBinDir(e.cfg.DataDir, node), "capstan-cni"),
-		filepath.Join(cluster.CNIBinDir(e.cfg.DataDir, node), "capstan-portmap"),
-		filepath.Join(e.cfg.RunDir, node, "endpoints"),
-		filepath.Join(e.cfg.RunDir, node, "ipam"),
-	}
-	for _, f := range files {
-		if _, err := os.Stat(f); err == nil {
-			left = append(left, f)
-		}
-	}
-	checks := []struct {
-		what string
-		args []string
-		bad  func(string) bool
-	}{
-		{"tc programs", []string{"bpftool", "net", "show"}, func(s string) bool { return strings.Contains(s, "tcx/") }},
-		{"routes", []string{"ip", "route", "show", "proto", "0xca"}, func(s string) bool { return strings.TrimSpace(s) != "" }},
-		{"VXLAN device", []string{"ip", "-o", "link", "show"}, func(s string) bool { return strings.Contains(s, "capstan-vxlan") }},
-		{"iptables chains", []string{"iptables-save"}, func(s string) bool { return strings.Contains(s, "CAPSTAN-") }},
-	}
-	for _, c := range checks {
-		out, err := e.inNode(node, c.args...)
-		if err != nil {
-			return fmt.Errorf("%s on %s: %v %s", strings.Join(c.args, " "), node, err, out)
-		}
-		if c.bad(out) {
-			left = append(left, c.what+":\n"+out)
-		}
-	}
-	root, err := cgroup2.Root()
+// applyManifest installs Capstan with kubectl from the chart rendered for
+// this cluster (deploy/kubernetes/capstan.yaml is the same with the
+// defaults' host paths), checks Services work again, and deletes it.
+func applyManifest(t *testing.T, e *env) {
+	ch := e.chart(t)
+	manifest, err := ch.Render(e.c)
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	cg := filepath.Join(root, "capstan", node)
-	if out, err := exec.Command("bpftool", "cgroup", "show", cg).CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
-		left = append(left, fmt.Sprintf("cgroup programs on %s: %v %s", cg, err, out))
+	path := filepath.Join(t.TempDir(), "capstan.yaml")
+	if err := os.WriteFile(path, manifest, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if len(left) > 0 {
-		return fmt.Errorf("%s still has: %s", node, strings.Join(left, "; "))
+	if out, err := e.c.Kubectl("apply", "-f", path); err != nil {
+		t.Fatalf("kubectl apply: %v %s", err, out)
 	}
-	return nil
+	if out, err := e.c.Kubectl("-n", releaseNS, "rollout", "status", "daemonset/"+daemonSetID, "--timeout", "3m"); err != nil {
+		t.Fatalf("rollout status: %v %s", err, out)
+	}
+	if err := e.c.WaitNodesReady(2 * time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// Pods that ran under the removed network do not come back to it (as
+	// with Cilium or Calico): new ones do.
+	if out, err := e.kubectl("rollout", "restart", "deployment/echo"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out, err := e.kubectl("rollout", "status", "deployment/echo", "--timeout", "2m"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	ip := e.clusterIP(t, "echo")
+	for _, node := range e.nodes {
+		if err := eventually(30*time.Second, func() error {
+			out, err := e.inNode(node, "curl", "-s", "-m", "3", "http://"+ip+"/hostname")
+			if err != nil || !strings.HasPrefix(out, "echo-") {
+				return fmt.Errorf("%s -> %s: %v %q", node, ip, err, out)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := e.c.Kubectl("delete", "-f", path, "--wait"); err != nil {
+		t.Fatalf("kubectl delete: %v %s", err, out)
+	}
+	if err := ch.Gone(e.c); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range e.nodes {
+		if err := eventually(30*time.Second, func() error { return e.c.Leftovers(node) }); err != nil {
+			t.Error(err)
+		}
+	}
 }

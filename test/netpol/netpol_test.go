@@ -40,6 +40,7 @@ import (
 
 	"github.com/capstan-net/capstan/cluster"
 	"github.com/capstan-net/capstan/test/clustertest"
+	"github.com/capstan-net/capstan/test/integration/testbin"
 )
 
 const (
@@ -172,10 +173,22 @@ func setup(t *testing.T) *suite {
 			Subnet: netip.MustParsePrefix(fmt.Sprintf("172.28.%d.0/24", 1+rand.IntN(250))),
 			Port:   10000 + rand.IntN(10000), Binary: tools.Capstan, Images: []string{tools.Images},
 		}
-		t.Logf("cluster %s: underlay %s, API port %d, %s routing, %s mode", cfg.Name, cfg.Subnet, cfg.Port, cfg.Routing, cfg.Mode)
+		// CAPSTAN_NETPOL_INSTALL=helm brings the cluster up with no network and installs
+		// Capstan's chart on it (CAPSTAN_BIN_DIR: where make left helm and the node image).
+		chart := installChart(t)
+		if chart != nil {
+			cfg.Network = "none"
+			cfg.Images = append(cfg.Images, filepath.Join(filepath.Dir(chart.Helm), "images", "capstan.tar"))
+		}
+		t.Logf("cluster %s: underlay %s, API port %d, %s routing, %s mode, network %s", cfg.Name, cfg.Subnet, cfg.Port, cfg.Routing, cfg.Mode, cmp.Or(cfg.Network, "capstan"))
 		c, err := clustertest.Up(t, cfg)
 		if err != nil {
 			t.Fatalf("setup: %v", err)
+		}
+		if chart != nil {
+			if err := chart.Install(c); err != nil {
+				t.Fatalf("setup: %v", err)
+			}
 		}
 		s.c, s.echo = c, tools.Echo
 	}
@@ -193,6 +206,29 @@ func setup(t *testing.T) *suite {
 	}
 	s.ready = time.Since(start) - s.built
 	return s
+}
+
+// installChart is Capstan's chart when CAPSTAN_NETPOL_INSTALL=helm asks for
+// it, nil otherwise.
+func installChart(t *testing.T) *clustertest.Chart {
+	switch v := os.Getenv("CAPSTAN_NETPOL_INSTALL"); v {
+	case "":
+		return nil
+	case "helm":
+	default:
+		t.Fatalf("CAPSTAN_NETPOL_INSTALL=%s: want helm or nothing", v)
+	}
+	root, err := testbin.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := cmp.Or(os.Getenv("CAPSTAN_BIN_DIR"), filepath.Join(root, "bin"))
+	for _, f := range []string{"helm", filepath.Join("images", "capstan.tar")} {
+		if _, err := os.Stat(filepath.Join(bin, f)); err != nil {
+			t.Fatalf("%v: make helm node-image builds it", err)
+		}
+	}
+	return &clustertest.Chart{Helm: filepath.Join(bin, "helm"), Root: root, Release: "capstan"}
 }
 
 // sctpMissing says why SCTP columns are not probed. The kernel of this

@@ -4,10 +4,8 @@ package e2e_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -138,18 +136,7 @@ func applyManifest(t *testing.T, e *env) {
 	if out, err := e.kubectl("rollout", "status", "deployment/echo", "--timeout", "2m"); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
-	ip := e.clusterIP(t, "echo")
-	for _, node := range e.nodes {
-		if err := eventually(30*time.Second, func() error {
-			out, err := e.inNode(node, "curl", "-s", "-m", "3", "http://"+ip+"/hostname")
-			if err != nil || !strings.HasPrefix(out, "echo-") {
-				return fmt.Errorf("%s -> %s: %v %q", node, ip, err, out)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.clusterIPFromNodes(t, 30*time.Second)
 	if out, err := e.c.Kubectl("delete", "-f", path, "--wait"); err != nil {
 		t.Fatalf("kubectl delete: %v %s", err, out)
 	}

@@ -71,18 +71,7 @@ func serviceScenarios() []scenario {
 			}
 		}},
 		{"ClusterIP from a node's own network namespace", nil, func(t *testing.T, e *env) {
-			ip := e.clusterIP(t, "echo")
-			for _, node := range e.nodes {
-				if err := eventually(20*time.Second, func() error {
-					out, err := e.inNode(node, "curl", "-s", "-m", "3", "http://"+ip+"/hostname")
-					if err != nil || !strings.HasPrefix(out, "echo-") {
-						return fmt.Errorf("%s -> %s: %v %q", node, ip, err, out)
-					}
-					return nil
-				}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			e.clusterIPFromNodes(t, 20*time.Second)
 		}},
 		{"NodePort from outside to every node", nil, func(t *testing.T, e *env) {
 			port := e.nodePort(t, "echo-np")
@@ -387,4 +376,22 @@ func (e *env) nodePort(t *testing.T, svc string) int32 {
 		t.Fatal(err)
 	}
 	return s.Spec.Ports[0].NodePort
+}
+
+// clusterIPFromNodes fetches the echo Service's ClusterIP from every node's
+// own network namespace, as the node's processes would.
+func (e *env) clusterIPFromNodes(t *testing.T, patience time.Duration) {
+	t.Helper()
+	ip := e.clusterIP(t, "echo")
+	for _, node := range e.nodes {
+		if err := eventually(patience, func() error {
+			out, err := e.inNode(node, "curl", "-s", "-m", "3", "http://"+ip+"/hostname")
+			if err != nil || !strings.HasPrefix(out, "echo-") {
+				return fmt.Errorf("%s -> %s: %v %q", node, ip, err, out)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

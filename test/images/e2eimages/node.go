@@ -1,6 +1,7 @@
 package e2eimages
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/capstan-net/capstan/internal/atomicfile"
 	"github.com/capstan-net/capstan/internal/ocilayout"
 )
 
@@ -28,31 +30,19 @@ type NodeOptions struct {
 
 // nodePrograms are what the node image runs, from Bin: the daemon, and
 // the CNI plugins its init container installs on the node.
-var nodePrograms = []string{"capstan", "capstan-cni", "portmap"}
+func nodePrograms() []string { return []string{"capstan", "capstan-cni", "portmap"} }
 
 // WriteNode builds the node image (Capstan's DaemonSet) into an archive at
-// path, through a temporary file renamed into place.
+// path, replacing it atomically.
 func WriteNode(ctx context.Context, opts NodeOptions, path string) error {
+	var buf bytes.Buffer
+	if err := BuildNode(ctx, opts, &buf); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create output dir: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".capstan-image-*.tar")
-	if err != nil {
-		return fmt.Errorf("create archive: %w", err)
-	}
-	defer os.Remove(f.Name())
-	if err := BuildNode(ctx, opts, f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write archive: %w", err)
-	}
-	return os.Rename(f.Name(), path)
+	return atomicfile.Write(path, buf.Bytes(), 0o644)
 }
 
 // BuildNode writes the node image: capstan, capstan-cni and portmap in
@@ -79,7 +69,7 @@ func BuildNode(ctx context.Context, opts NodeOptions, w io.Writer) error {
 	// The programs sit in the staging root, so that their libraries are
 	// resolved among Debian's.
 	var progs []string
-	for _, name := range nodePrograms {
+	for _, name := range nodePrograms() {
 		data, err := os.ReadFile(filepath.Join(opts.Bin, name))
 		if err != nil {
 			return fmt.Errorf("node image: %w (make build)", err)

@@ -14,6 +14,11 @@ LDFLAGS  := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) \
             -X k8s.io/component-base/version.gitMinor=37 \
             -X k8s.io/component-base/version.gitTreeState=clean
 
+# Targets run one at a time even under make -j: the suites bring up
+# clusters that share the host's bpffs, cgroups and host-wide directories,
+# and the heavy builds share two cores.
+.NOTPARALLEL:
+
 .PHONY: all build node-image helm manifests chart-check netpol-installed e2e netpol test test-unit generate generate-check lint demo bench clean images e2e-tools e2e-images kube-proxy conformance sig-network vagrant-check vagrant-netpol
 
 all: build

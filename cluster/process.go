@@ -28,8 +28,10 @@ func (c *Config) running(name string) int {
 	if pid <= 0 || syscall.Kill(pid, 0) != nil {
 		return 0
 	}
+	// A process in the middle of an exec (nsenter becoming capstan, just
+	// after start) shows an empty command line for a moment: it is ours.
 	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if !strings.Contains(string(cmdline), "capstan") && !strings.Contains(string(cmdline), "kube-proxy") {
+	if len(cmdline) > 0 && !strings.Contains(string(cmdline), "capstan") && !strings.Contains(string(cmdline), "kube-proxy") {
 		return 0 // the pid was reused
 	}
 	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -121,11 +121,6 @@ type Config struct {
 	// Registry receives the metrics; nil makes a new one.
 	Registry *prometheus.Registry
 
-	// Ready, when set, is called once the programs are attached and the
-	// watchers run: the agent then lets pods on the node (writes the CNI
-	// configuration), so the node turns Ready only when pods get a network.
-	Ready func()
-
 	Logger *slog.Logger
 	Clock  clock.WithTicker
 }
@@ -518,9 +513,6 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		go syncLoop(ctx, routesKick, r.sync, log, "tunnel routes")
 	}
 	log.Info("dataplane running", "mode", cfg.Mode, "pin_dir", cfg.PinDir, "cgroup", cfg.CgroupDir, "devices", cfg.Devices)
-	if cfg.Ready != nil {
-		cfg.Ready()
-	}
 	if cfg.CNI.ConfDir != "" {
 		go writeCNIConfig(ctx, cs, &cfg, log)
 	}

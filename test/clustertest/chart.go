@@ -58,9 +58,22 @@ cgroup:
 		cluster.CNIBinDir(c.Cfg.DataDir, "$(NODE_NAME)"), cluster.CNIConfDir(c.Cfg.DataDir, "$(NODE_NAME)"), c.Cfg.RunDir), nil
 }
 
-// helm runs the helm CLI against c from the repository's root (install
-// and template with c's values) and returns its output.
+// helm runs the helm CLI against c from the repository's root and returns
+// its output.
 func (ch Chart) helm(c *Cluster, args ...string) ([]byte, error) {
+	cmd := exec.Command(ch.Helm, append([]string{"--kubeconfig", c.Kubeconfig, "-n", ChartNamespace}, args...)...)
+	cmd.Dir = ch.Root
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("helm %s: %v\n%s%s", args[0], err, out, stderr.String())
+	}
+	return out, nil
+}
+
+// withValues runs helm with c's Values in a file of their own.
+func (ch Chart) withValues(c *Cluster, args ...string) ([]byte, error) {
 	values, err := ch.Values(c)
 	if err != nil {
 		return nil, err
@@ -74,26 +87,16 @@ func (ch Chart) helm(c *Cluster, args ...string) ([]byte, error) {
 		f.Close()
 		return nil, err
 	}
-	f.Close()
-	flags := []string{"--kubeconfig", c.Kubeconfig, "-n", ChartNamespace}
-	if args[0] == "install" || args[0] == "template" {
-		flags = append(flags, "-f", f.Name())
+	if err := f.Close(); err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(ch.Helm, append(flags, args...)...)
-	cmd.Dir = ch.Root
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("helm %s: %v\n%s%s", args[0], err, out, stderr.String())
-	}
-	return out, nil
+	return ch.helm(c, append(args, "-f", f.Name())...)
 }
 
 // Install installs the chart with Values and waits until its DaemonSet is
 // ready and every node Ready.
 func (ch Chart) Install(c *Cluster) error {
-	if _, err := ch.helm(c, "install", ch.Release, "deploy/helm/capstan", "--wait", "--timeout", "4m"); err != nil {
+	if _, err := ch.withValues(c, "install", ch.Release, "deploy/helm/capstan", "--wait", "--timeout", "4m"); err != nil {
 		return err
 	}
 	return c.WaitNodesReady(3 * time.Minute)
@@ -102,7 +105,7 @@ func (ch Chart) Install(c *Cluster) error {
 // Render is the chart rendered with Values, as a manifest for kubectl
 // apply (what deploy/kubernetes/capstan.yaml is with the defaults).
 func (ch Chart) Render(c *Cluster) ([]byte, error) {
-	return ch.helm(c, "template", ch.Release, "deploy/helm/capstan")
+	return ch.withValues(c, "template", ch.Release, "deploy/helm/capstan")
 }
 
 // Uninstall removes the release and waits for its pods to be gone.
